@@ -1,0 +1,26 @@
+# Set-up and the main job. `make install` then `make test`; `make demo` runs the whole system.
+SHELL := /bin/bash
+VENV ?= .venv
+# python3.12: on PATH, or a pyenv-installed 3.12 (pyenv's shim fails when 3.12 is not the active version).
+PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo_output
+
+.PHONY: install test demo lint clean
+
+install:
+	@test -n "$(PYTHON)" || { echo "error: python3.12 not found; install it or run 'make install PYTHON=/path/to/python3.12'" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@echo "installed into $(VENV): activate with 'source $(BIN)/activate'"
+
+test:
+	$(BIN)/python -m pytest -n 2 --durations=15
+
+demo:
+	$(BIN)/python -m mosaic_jax.cli demo --out $(DEMO_DIR)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info $(DEMO_DIR)
