@@ -1,0 +1,72 @@
+"""The one entry point to Mosaic attention, dispatching to an implementation.
+
+``impl="xla"`` is the pure-JAX reference (any backend, differentiable). ``impl="pallas"``
+is the Mosaic GPU kernel in ``pallas_kernels`` (Hopper only). ``impl="auto"`` picks the
+kernel on an H100-class GPU and the reference elsewhere; a forced implementation raises
+its own error rather than silently falling back.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+
+from mosaic_jax.attention import reference
+
+Impl = Literal["auto", "xla", "pallas"]
+
+
+def validate_shapes(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array, *, block_attn_size: int,
+                    sparse_block_size: int, top_k: int) -> None:
+    """Raise ValueError naming the first argument whose shape cannot be taken."""
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"q, k, v must be (batch, tokens, heads, head_dim); got {q.shape}, {k.shape}, {v.shape}")
+    b, n, hq, d = q.shape
+    if k.shape != v.shape or k.shape[:2] != (b, n) or k.shape[3] != d:
+        raise ValueError(f"k {k.shape} and v {v.shape} must match q {q.shape} in batch, tokens and head_dim")
+    hk = k.shape[2]
+    if hq % hk:
+        raise ValueError(f"num query heads {hq} is not divisible by num kv heads {hk}")
+    if gates.shape != (b, n, hq, 3):
+        raise ValueError(f"gates must be {(b, n, hq, 3)}, got {gates.shape}")
+    if n % block_attn_size:
+        raise ValueError(f"block_attn_size={block_attn_size} does not divide the sequence length {n}")
+    if n % sparse_block_size:
+        raise ValueError(f"sparse_block_size={sparse_block_size} does not divide the sequence length {n}")
+    if not 1 <= top_k <= n // sparse_block_size:
+        raise ValueError(f"top_k={top_k} must be in [1, {n // sparse_block_size}] (number of sparse blocks)")
+
+
+def default_impl() -> str:
+    """The kernel on Hopper GPUs, the reference elsewhere."""
+    try:
+        dev = jax.devices()[0]
+    except RuntimeError:
+        return "xla"
+    kind = getattr(dev, "device_kind", "")
+    if dev.platform == "gpu" and ("H100" in kind or "H200" in kind):
+        return "pallas"
+    return "xla"
+
+
+def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array, *, block_attn_size: int,
+                     sparse_block_size: int, top_k: int, impl: Impl = "auto") -> jax.Array:
+    """Gated sum of local, compressed and top-k selected block attention (SPEC.md).
+
+    q (B, N, Hq, d); k, v (B, N, Hk, d), RoPE already applied; gates (B, N, Hq, 3) are
+    the softmaxed branch weights. Returns (B, N, Hq, d) float32.
+    """
+    validate_shapes(q, k, v, gates, block_attn_size=block_attn_size, sparse_block_size=sparse_block_size,
+                    top_k=top_k)
+    if impl == "auto":
+        impl = default_impl()
+    if impl == "xla":
+        return reference.mosaic_attention(q, k, v, gates, block_attn_size=block_attn_size,
+                                          sparse_block_size=sparse_block_size, top_k=top_k)
+    if impl == "pallas":
+        from pallas_kernels import mosaic_attention as kernels  # imported lazily: GPU-only code
+
+        return kernels.mosaic_attention(q, k, v, gates, block_attn_size=block_attn_size,
+                                        sparse_block_size=sparse_block_size, top_k=top_k)
+    raise ValueError(f"impl must be 'auto', 'xla' or 'pallas', got {impl!r}")
