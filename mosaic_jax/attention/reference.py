@@ -22,6 +22,11 @@ def _group(q: Array, num_kv_heads: int) -> Array:
     return q.reshape(b, n, num_kv_heads, hq // num_kv_heads, d)
 
 
+def _acc(dtype) -> jnp.dtype:
+    """Accumulation/softmax dtype: float32, or float64 when the inputs are (for gradient checks)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _ungroup(o: Array) -> Array:
     b, n, hk, g, d = o.shape
     return o.reshape(b, n, hk * g, d)
@@ -30,7 +35,7 @@ def _ungroup(o: Array) -> Array:
 def mean_pool(x: Array, block_size: int) -> Array:
     """Mean over contiguous token blocks: (B, N, H, d) -> (B, N/block, H, d), in float32."""
     b, n, h, d = x.shape
-    return x.reshape(b, n // block_size, block_size, h, d).astype(jnp.float32).mean(axis=2)
+    return x.reshape(b, n // block_size, block_size, h, d).astype(_acc(x.dtype)).mean(axis=2)
 
 
 def dense_attention(q: Array, k: Array, v: Array) -> Array:
@@ -38,9 +43,10 @@ def dense_attention(q: Array, k: Array, v: Array) -> Array:
     hk = k.shape[2]
     qg = _group(q, hk)
     scale = q.shape[-1] ** -0.5
-    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32) * scale
+    acc = _acc(q.dtype)
+    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=acc) * scale
     p = jax.nn.softmax(s, axis=-1)
-    o = jnp.einsum("bhgqk,bkhd->bqhgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    o = jnp.einsum("bhgqk,bkhd->bqhgd", p.astype(v.dtype), v, preferred_element_type=acc)
     return _ungroup(o)
 
 
@@ -93,6 +99,7 @@ def selected_attention(q: Array, k: Array, v: Array, indices: Array, block_size:
     ``indices`` (B, Hk, nb, top_k). The kv blocks are streamed one selection slot at a
     time with an online softmax in float32, so memory is O(N * block_size) per head.
     """
+    q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     b, n, hq, d = q.shape
     hk = k.shape[2]
     g = hq // hk
@@ -111,22 +118,24 @@ def selected_attention(q: Array, k: Array, v: Array, indices: Array, block_size:
         out = x[batch_ix, sel, :, head_ix, :]  # (B, nb, Hk, bs, d)
         return jnp.moveaxis(out, 3, 2)
 
+    acc_dtype = _acc(q.dtype)
+
     def step(carry, sel):
         m, l, acc = carry
         ks, vs = gather(kb, sel), gather(vb, sel)
-        s = jnp.einsum("bqihgd,bqjhd->bqhgij", qb, ks, preferred_element_type=jnp.float32) * scale
+        s = jnp.einsum("bqihgd,bqjhd->bqhgij", qb, ks, preferred_element_type=acc_dtype) * scale
         m_new = jnp.maximum(m, s.max(axis=-1))
         corr = jnp.exp(m - m_new)
         p = jnp.exp(s - m_new[..., None])
         l = l * corr + p.sum(axis=-1)
         acc = acc * corr[..., None] + jnp.einsum("bqhgij,bqjhd->bqhgid", p.astype(v.dtype), vs,
-                                                 preferred_element_type=jnp.float32)
+                                                 preferred_element_type=acc_dtype)
         return (m_new, l, acc), None
 
     init = (
-        jnp.full((b, nb, hk, g, block_size), -jnp.inf, jnp.float32),
-        jnp.zeros((b, nb, hk, g, block_size), jnp.float32),
-        jnp.zeros((b, nb, hk, g, block_size, d), jnp.float32),
+        jnp.full((b, nb, hk, g, block_size), -jnp.inf, acc_dtype),
+        jnp.zeros((b, nb, hk, g, block_size), acc_dtype),
+        jnp.zeros((b, nb, hk, g, block_size, d), acc_dtype),
     )
     (m, l, acc), _ = jax.lax.scan(jax.checkpoint(step), init, jnp.moveaxis(idx, -1, 0))
     o = acc / l[..., None]  # (B, nb, Hk, G, bs, d)
@@ -135,7 +144,7 @@ def selected_attention(q: Array, k: Array, v: Array, indices: Array, block_size:
 
 def mosaic_attention(q: Array, k: Array, v: Array, gates: Array, *, block_attn_size: int,
                      sparse_block_size: int, top_k: int) -> Array:
-    """The three-branch Mosaic attention, float32 output.
+    """The three-branch Mosaic attention, float32 output (float64 for float64 inputs).
 
     q (B, N, Hq, d) and k, v (B, N, Hk, d) with RoPE already applied to q and k;
     gates (B, N, Hq, 3): softmaxed weights of the local, compressed and selected branches.
@@ -144,5 +153,5 @@ def mosaic_attention(q: Array, k: Array, v: Array, gates: Array, *, block_attn_s
     o_cmp = compressed_attention(q, k, v, sparse_block_size)
     indices = select_blocks(q, k, sparse_block_size, top_k)
     o_sel = selected_attention(q, k, v, indices, sparse_block_size)
-    gates = gates.astype(jnp.float32)
+    gates = gates.astype(o_local.dtype)
     return gates[..., 0:1] * o_local + gates[..., 1:2] * o_cmp + gates[..., 2:3] * o_sel
