@@ -61,6 +61,14 @@ def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array,
                     top_k=top_k)
     if impl == "auto":
         impl = default_impl()
+        if impl == "pallas":
+            from pallas_kernels import mosaic_attention as kernels
+
+            try:
+                kernels.check_kernel_shapes(q, k, v, sparse_block_size=sparse_block_size, top_k=top_k,
+                                            block_attn_size=block_attn_size)
+            except NotImplementedError:  # shapes or dtypes the kernels do not take (e.g. float32)
+                impl = "xla"
     if impl == "xla":
         return reference.mosaic_attention(q, k, v, gates, block_attn_size=block_attn_size,
                                           sparse_block_size=sparse_block_size, top_k=top_k)

@@ -1,0 +1,319 @@
+"""Benchmark of Mosaic attention on a Hopper GPU (issue 3), written to experiments/results/attention.md.
+
+What it measures, all in one run on one device:
+  1. the bf16 matmul rate of this GPU (8192^3, the ceiling every TFLOP/s is compared with);
+  2. the selection-branch kernels alone at the stage-1 shape: forward, and backward (dq +
+     dk/dv kernels) -- targets 50% / 35% of the measured matmul rate;
+  3. the whole Mosaic attention, impl="pallas" and impl="xla", forward and forward+backward,
+     at the three stage shapes of the published config, in ms and TFLOP/s (FLOPs of the
+     three branches as defined, pallas_kernels/mosaic_attention/flops.py);
+  4. the scaling figure: Mosaic (pallas) vs dense cuDNN flash attention
+     (jax.nn.dot_product_attention(implementation="cudnn")) vs the xla path, forward,
+     8k -> 512k tokens at the stage-1 heads (dense and xla until they fail to fit).
+
+Timing: device time from CUPTI (jax.experimental.mosaic.gpu.profiler.measure, the sum of
+the kernels' durations, median over --iters runs after a warm-up), with the host
+wall-clock median beside it; inputs rotate among 3 random sets so repeated runs do not
+measure L2. Usage (on an H100):
+
+    python experiments/bench_attention.py                 # everything, writes the results
+    python experiments/bench_attention.py --skip-scaling  # sections 1-3 only
+    python experiments/bench_attention.py --dry-run       # CPU: FLOP tables only, no timing
+    python experiments/bench_attention.py --interpret-smoke  # CPU: run every code path once
+                                                          # on tiny shapes in interpret mode
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mosaic_jax.attention import reference  # noqa: E402
+from pallas_kernels.mosaic_attention import flops  # noqa: E402
+from pallas_kernels.mosaic_attention import mosaic_attention as pallas_mosaic_attention  # noqa: E402
+from pallas_kernels.mosaic_attention.selection_kernel import (  # noqa: E402
+    selection_backward_dkv,
+    selection_backward_dq,
+    selection_forward,
+)
+
+RESULTS = REPO / "experiments" / "results" / "attention.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+# Published configuration (SPEC.md): (name, tokens, Hq, Hk, head_dim, block_attn, sparse block, top-k).
+STAGES = [
+    ("stage 1 (nside 64)", 49_152, 12, 3, 64, 1024, 128, 24),
+    ("stage 2 (nside 32)", 12_288, 16, 4, 64, 1024, 128, 12),
+    ("bottleneck (nside 16)", 3_072, 20, 5, 64, 1024, 128, 4),
+]
+SCALING_LENGTHS = [8_192 * 2**i for i in range(7)]  # 8k .. 512k
+TINY_STAGES = [("tiny", 512, 4, 1, 64, 256, 64, 3)]  # --interpret-smoke
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _inputs(seed, b, n, hq, hk, d, dtype=jnp.bfloat16):
+    ks = jax.random.split(jax.random.key(seed), 4)
+    q = jax.random.normal(ks[0], (b, n, hq, d), dtype)
+    k = jax.random.normal(ks[1], (b, n, hk, d), dtype)
+    v = jax.random.normal(ks[2], (b, n, hk, d), dtype)
+    gates = jax.nn.softmax(jax.random.normal(ks[3], (b, n, hq, 3), jnp.float32), axis=-1)
+    return q, k, v, gates
+
+
+def time_fn(fn, arg_sets, iters: int) -> dict:
+    """Median device ms (CUPTI) and wall ms of ``fn(*args)``, cycling over ``arg_sets``."""
+    for args in arg_sets:  # compile + warm up
+        jax.block_until_ready(fn(*args))
+    wall = []
+    for i in range(iters):
+        args = arg_sets[i % len(arg_sets)]
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        wall.append((time.perf_counter() - t0) * 1e3)
+    device = []
+    try:
+        from jax.experimental.mosaic.gpu import profiler
+
+        for i in range(iters):
+            _, ms = profiler.measure(fn)(*arg_sets[i % len(arg_sets)])
+            if ms is not None:
+                device.append(ms)
+    except Exception as e:  # CUPTI unavailable: report wall-clock only, and say so
+        print(f"  (CUPTI timing unavailable: {type(e).__name__}: {e})")
+    return {"device_ms": statistics.median(device) if device else None, "wall_ms": statistics.median(wall)}
+
+
+def best_ms(t: dict) -> float:
+    return t["device_ms"] if t["device_ms"] is not None else t["wall_ms"]
+
+
+def tflops(flop: float, ms: float) -> float:
+    return flop / (ms * 1e-3) / 1e12
+
+
+def matmul_rate(iters: int, size: int = 8192) -> dict:
+    ks = jax.random.split(jax.random.key(0), 6)
+    sets = [(jax.random.normal(ks[2 * i], (size, size), jnp.bfloat16),
+             jax.random.normal(ks[2 * i + 1], (size, size), jnp.bfloat16)) for i in range(3)]
+    mm = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
+    t = time_fn(mm, sets, iters)
+    return t | {"tflops": tflops(2.0 * size**3, best_ms(t))}
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def bench_selection(stage, iters: int, batch: int) -> dict:
+    name, n, hq, hk, d, _, bs, top_k = stage
+    sets = [_inputs(s, batch, n, hq, hk, d)[:3] for s in range(3)]
+    sets = [(q, k, v, reference.select_blocks(q, k, bs, top_k)) for q, k, v in sets]
+    fwd = jax.jit(functools.partial(selection_forward, block_size=bs))
+
+    def bwd(q, k, v, idx):
+        o, lse = selection_forward(q, k, v, idx, block_size=bs)
+        do = o.astype(q.dtype)  # any cotangent of the right shape: cost is data-independent
+        delta = jnp.einsum("bnhd,bnhd->bhn", o, do.astype(jnp.float32))
+        dq = selection_backward_dq(q, k, v, do, lse, delta, idx, block_size=bs)
+        dk, dv = selection_backward_dkv(q, k, v, do, lse, delta, idx, block_size=bs)
+        return dq, dk, dv
+
+    t_fwd = time_fn(fwd, sets, iters)
+    t_fb = time_fn(jax.jit(bwd), sets, iters)
+    sel = flops.mosaic_flops(batch, n, hq, d, block_attn_size=1024, sparse_block_size=bs, top_k=top_k).selected
+    bwd_ms = best_ms(t_fb) - best_ms(t_fwd)  # the backward kernels + delta, without the forward
+    return {"stage": name, "fwd": t_fwd, "fwd_bwd": t_fb, "fwd_tflops": tflops(sel, best_ms(t_fwd)),
+            "bwd_ms": bwd_ms, "bwd_tflops": tflops(flops.BWD_FACTOR * sel, bwd_ms)}
+
+
+def _mosaic_fns(stage, impl: str):
+    _, _, _, _, _, block, bs, top_k = stage
+    kw = dict(block_attn_size=block, sparse_block_size=bs, top_k=top_k)
+    if impl == "pallas":
+        f = functools.partial(pallas_mosaic_attention, **kw)
+    else:
+        f = functools.partial(reference.mosaic_attention, **kw)
+    fwd = jax.jit(f)
+
+    def loss(q, k, v, g):
+        return jnp.sum(f(q, k, v, g))
+
+    fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
+    return fwd, fwd_bwd
+
+
+def bench_mosaic(stage, iters: int, batch: int) -> list[dict]:
+    name, n, hq, hk, d, block, bs, top_k = stage
+    sets = [_inputs(s, batch, n, hq, hk, d) for s in range(3)]
+    fl = flops.mosaic_flops(batch, n, hq, d, block_attn_size=block, sparse_block_size=bs, top_k=top_k)
+    rows = []
+    for impl in ("pallas", "xla"):
+        fwd, fwd_bwd = _mosaic_fns(stage, impl)
+        row = {"stage": name, "impl": impl}
+        for key, fn, fl_count in (("fwd", fwd, fl.forward), ("fwd_bwd", fwd_bwd, fl.forward_backward)):
+            try:
+                t = time_fn(fn, sets, iters)
+                row[key] = t | {"tflops": tflops(fl_count, best_ms(t))}
+            except Exception as e:
+                row[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+        rows.append(row)
+    return rows
+
+
+def bench_scaling(lengths, iters: int, batch: int, stage) -> list[dict]:
+    _, _, hq, hk, d, block, bs, top_k = stage
+    rows = []
+    for n in lengths:
+        sets = [_inputs(s, batch, n, hq, hk, d) for s in range(2)]
+        row = {"n": n}
+        candidates = {
+            "pallas": _mosaic_fns(("", n, hq, hk, d, block, bs, top_k), "pallas")[0],
+            "xla": _mosaic_fns(("", n, hq, hk, d, block, bs, top_k), "xla")[0],
+            "dense_cudnn": jax.jit(lambda q, k, v, g: jax.nn.dot_product_attention(q, k, v, implementation="cudnn")),
+        }
+        for key, fn in candidates.items():
+            try:
+                row[key] = best_ms(time_fn(fn, sets, max(3, iters // 4)))
+            except Exception as e:  # out of memory, or cuDNN refusing the shape: recorded, not fatal
+                row[key] = f"failed ({type(e).__name__})"
+        rows.append(row)
+        print("  scaling", row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt_ms(t):
+    if not isinstance(t, dict):
+        return str(t)
+    if "error" in t:
+        return t["error"]
+    dev = f"{t['device_ms']:.3f}" if t["device_ms"] is not None else "n/a"
+    return f"{dev} (wall {t['wall_ms']:.3f})"
+
+
+def flop_table(batch: int) -> str:
+    lines = ["| stage | tokens | local | compressed | selected | scoring | forward | fwd+bwd |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, n, hq, _, d, block, bs, top_k in STAGES:
+        f = flops.mosaic_flops(batch, n, hq, d, block_attn_size=block, sparse_block_size=bs, top_k=top_k)
+        g = lambda x: f"{x / 1e9:,.1f}"  # noqa: E731
+        lines.append(f"| {name} | {n:,} | {g(f.local)} | {g(f.compressed)} | {g(f.selected)} | "
+                     f"{g(f.selection_scoring)} | {g(f.forward)} | {g(f.forward_backward)} |")
+    return "\n".join(lines) + f"\n\nGFLOP, batch {batch}; see flops.py for the formulas.\n"
+
+
+def render(meta, mm, sel, mosaic, scaling, batch) -> str:
+    out = [BEGIN, "## Measured (written by experiments/bench_attention.py)", ""]
+    out += [f"- command: `{meta['command']}`", f"- device: {meta['device']}", f"- jax: {meta['jax']}",
+            f"- date: {meta['date']}", f"- timer: CUPTI device time, median of {meta['iters']} runs "
+            "(host wall-clock median in parentheses); 3 rotating random input sets", ""]
+    if mm:
+        out += [f"bf16 matmul 8192^3: {_fmt_ms(mm)} ms = **{mm['tflops']:.1f} TFLOP/s** (the reference rate)", ""]
+    if sel:
+        rate = mm["tflops"]
+        out += ["### Selection branch kernels (stage-1 shape)", "",
+                "| pass | ms | TFLOP/s | % of matmul rate | target |", "|---|---|---|---|---|",
+                f"| forward | {_fmt_ms(sel['fwd'])} | {sel['fwd_tflops']:.1f} | "
+                f"{100 * sel['fwd_tflops'] / rate:.0f}% | >= 50% |",
+                f"| backward (fwd+bwd minus fwd) | {sel['bwd_ms']:.3f} | {sel['bwd_tflops']:.1f} | "
+                f"{100 * sel['bwd_tflops'] / rate:.0f}% | >= 35% |", ""]
+    if mosaic:
+        out += ["### Whole Mosaic attention", "", "| stage | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |",
+                "|---|---|---|---|---|---|"]
+        for r in mosaic:
+            tf = lambda t: f"{t['tflops']:.1f}" if "tflops" in t else "-"  # noqa: E731
+            out.append(f"| {r['stage']} | {r['impl']} | {_fmt_ms(r['fwd'])} | {tf(r['fwd'])} | "
+                       f"{_fmt_ms(r['fwd_bwd'])} | {tf(r['fwd_bwd'])} |")
+        out.append("")
+    if scaling:
+        out += ["### Scaling, forward ms (stage-1 heads; targets at 49,152: pallas >= 3x faster than xla, "
+                ">= 20x faster than dense)", "", "| tokens | mosaic pallas | mosaic xla | dense cuDNN flash |",
+                "|---|---|---|---|"]
+        for r in scaling:
+            f = lambda x: f"{x:.3f}" if isinstance(x, float) else str(x)  # noqa: E731
+            out.append(f"| {r['n']:,} | {f(r['pallas'])} | {f(r['xla'])} | {f(r['dense_cudnn'])} |")
+        out.append("")
+    out += ["### FLOP counts", "", flop_table(batch), END]
+    return "\n".join(out)
+
+
+def write_results(block: str, path: Path) -> None:
+    text = path.read_text() if path.exists() else "# Mosaic attention benchmark\n\n"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--scaling-lengths", type=int, nargs="*", default=SCALING_LENGTHS)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--dry-run", action="store_true", help="print the FLOP table; no device work")
+    p.add_argument("--interpret-smoke", action="store_true",
+                   help="CPU check of every code path on a tiny shape in GPU interpret mode; writes nothing")
+    args = p.parse_args(argv)
+
+    if args.dry_run:
+        print(flop_table(args.batch))
+        return 0
+    if args.interpret_smoke:
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+
+        with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
+            sel = bench_selection(TINY_STAGES[0], 1, 1)
+            mosaic = bench_mosaic(TINY_STAGES[0], 1, 1)
+        print("selection", sel)
+        print("mosaic", mosaic)
+        bad = [r for r in mosaic for key in ("fwd", "fwd_bwd") if "error" in r[key]]
+        print("interpret smoke:", "FAILED" if bad else "ok (timings on CPU are meaningless)")
+        return 1 if bad else 0
+
+    dev = jax.devices()[0]
+    if dev.platform != "gpu":
+        print(f"no GPU ({dev}); use --dry-run or --interpret-smoke on the CPU", file=sys.stderr)
+        return 2
+    meta = {"command": " ".join(["python", *sys.argv]), "device": f"{dev.device_kind} ({dev.platform})",
+            "jax": jax.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "iters": args.iters}
+    print(meta)
+    mm = matmul_rate(args.iters)
+    print("matmul", mm)
+    sel = mosaic = scaling = None
+    try:
+        sel = bench_selection(STAGES[0], args.iters, args.batch)
+        print("selection", sel)
+    except Exception:
+        traceback.print_exc()
+    mosaic = []
+    for stage in STAGES:
+        mosaic += bench_mosaic(stage, args.iters, args.batch)
+        print("mosaic", mosaic[-2:])
+    if not args.skip_scaling:
+        scaling = bench_scaling(args.scaling_lengths, args.iters, args.batch, STAGES[0])
+    write_results(render(meta, mm, sel, mosaic, scaling, args.batch), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""FLOP counts of the three Mosaic attention branches, as the branches are defined.
+
+Counted as the matrix products of each branch's definition (2 FLOPs per multiply-add),
+per batch element and query head, then times B*Hq (SPEC.md, "Mosaic attention"):
+
+* local:      each of the N queries scores and mixes L = block_attn_size keys:
+              ``QK^T`` 2*N*L*d + ``PV`` 2*N*L*d = 4*N*L*d.
+* compressed: M = N/bs pooled queries against M pooled keys: 4*M*M*d (the mean-pooling
+              and the repeat back to tokens are O(N*d) and not counted).
+* selected:   each of the N queries scores and mixes top_k*bs keys: 4*N*top_k*bs*d.
+              The block scores that choose the selection (M x M per kv head, contracted
+              over d and the G strided query heads: 2*M*M*d per query head) are counted
+              separately as ``selection_scoring``; mean-pooling and top-k are not counted.
+
+Backward: 2.5x the forward matmul FLOPs (dq, dk, dv and the recomputed S: QK^T, dP=dO V^T,
+dV=P^T dO, dQ=dS K, dK=dS^T Q -- 5 products against 2), the usual FlashAttention count.
+Softmax exponentials are not counted (they run on the SFU, not the tensor cores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+BWD_FACTOR = 2.5
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicFlops:
+    local: float
+    compressed: float
+    selected: float
+    selection_scoring: float
+
+    @property
+    def forward(self) -> float:
+        return self.local + self.compressed + self.selected + self.selection_scoring
+
+    @property
+    def forward_backward(self) -> float:
+        """Forward plus backward; selection scoring has no backward (stop_gradient)."""
+        branches = self.local + self.compressed + self.selected
+        return self.forward + BWD_FACTOR * branches
+
+
+def mosaic_flops(batch: int, seq_len: int, num_q_heads: int, head_dim: int, *, block_attn_size: int,
+                 sparse_block_size: int, top_k: int) -> MosaicFlops:
+    bh = batch * num_q_heads
+    n, d = seq_len, head_dim
+    m = seq_len // sparse_block_size
+    return MosaicFlops(
+        local=4.0 * bh * n * block_attn_size * d,
+        compressed=4.0 * bh * m * m * d,
+        selected=4.0 * bh * n * top_k * sparse_block_size * d,
+        selection_scoring=2.0 * bh * m * m * d,
+    )
+
+
+def dense_flops(batch: int, seq_len: int, num_q_heads: int, head_dim: int) -> float:
+    """Non-causal dense attention forward: 4*N^2*d per (batch, head)."""
+    return 4.0 * batch * num_q_heads * seq_len * seq_len * head_dim

@@ -1,0 +1,521 @@
+"""Selection branch of Mosaic attention as Mosaic GPU (Hopper) Pallas kernels.
+
+Every query block ``qb`` of ``bs = sparse_block_size`` tokens and kv head ``h`` attends
+over the ``top_k`` kv blocks ``indices[b, h, qb, :]`` of that kv head (SPEC.md, "Mosaic
+attention", selected branch). The G query heads that read kv head h (consecutive heads
+``h*G .. h*G+G-1``) share the selection, so their ``G*bs`` query rows are packed into one
+row space and processed against each streamed kv block: the tensor cores see M = G*bs
+rows per kv tile and every kv block is read once per (qb, h), not once per query head.
+
+Three kernels, all warp-specialized (``num_compute_wgs`` compute warpgroups + 1 memory
+warpgroup that streams tiles through a TMA ring of ``max_concurrent_steps`` slots):
+
+* forward: per 64-row query tile, online softmax over the selected blocks in float32;
+  returns o (float32) and the natural-log log-sum-exp ``lse`` (B, Hq, N).
+* dq: same grid as the forward, recomputes P from lse, ``dq = scale * dS @ K``.
+* dk/dv: one CTA per (kv block, kv head); it walks the list of (query block, head) pairs
+  that selected its block -- the inverse of the selection, built on device by a stable
+  sort (``invert_selection``) -- so each dk/dv tile is owned by one CTA and summed in a
+  fixed order: deterministic, no atomics.
+
+Grid order (block, tile, kv head, batch): Mosaic GPU squashes the leading two axes into
+CUDA's slowest one, so the CTAs that stream the same kv blocks -- the tiles of one (query
+block, kv head) -- launch next to each other and find those blocks in L2.
+
+The selection indices stay on device: the memory warpgroup reads ``indices[b, h, qb, j]``
+(and the inverse lists) from GMEM as scalars and issues the TMA copy of that block.
+
+Interpret mode (CPU) constraints that shape the code, jax 0.11.2: ``pl.run_state`` and
+``wgmma_accumulator_store`` are not interpreted, and a wgmma's A operand must be a ref.
+So each product uses a fresh ``plgpu.ACC`` in ``pl.run_scoped`` and is added to the
+register accumulator, and P / dS are staged through swizzled SMEM before their wgmma.
+The same code is what runs on the GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.mosaic_attention.config import BLOCK_Q, DEFAULT_CONFIG, SelectionConfig
+
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+
+
+def _transforms():
+    """SMEM layout of every 16-bit wgmma operand: (8, 64) tiles, 128-byte swizzle."""
+    return (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+
+
+def _matmul(a_ref, b_ref, shape) -> jax.Array:
+    """``a @ b`` on the tensor cores into a fresh float32 accumulator, returned as a value."""
+
+    def body(acc_ref):
+        plgpu.wgmma(acc_ref, a_ref, b_ref)
+        return acc_ref[...]
+
+    return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
+
+
+def _row_bcast(x: jax.Array, shape) -> jax.Array:
+    return lax.broadcast_in_dim(x, shape, [0])
+
+
+def _query_tile(t, qb, h, *, g: int, bs: int):
+    """Token start and query head of 64-row tile ``t`` of (query block qb, kv head h).
+
+    Rows of the packed (G*bs) space are ``g*bs + token``; bs % 64 == 0, so a tile never
+    straddles two heads.
+    """
+    row0 = t * BLOCK_Q
+    head = h * g + lax.div(row0, jnp.int32(bs))
+    tok = qb * bs + lax.rem(row0, jnp.int32(bs))
+    return tok, head
+
+
+def _register_split(num_compute_wgs: int):
+    """setmaxnreg budgets (compute, memory) for the warp-specialized CTA, or None."""
+    return (232, 40) if num_compute_wgs == 2 else None
+
+
+def _drain(free_a, free_b, num_steps, steps: int) -> None:
+    """Memory warpgroup: observe the consumers' releases of the last ``steps`` ring slots.
+
+    Nothing is refilled after them, but every phase of a barrier should be observed by the
+    thread that waits on it before the barrier is freed (GPU interpret mode enforces it;
+    on the GPU it only holds the memory warpgroup until the compute warpgroups finish).
+    """
+    for i in range(steps):
+        step = num_steps - steps + i
+        if isinstance(step, int):
+            if step >= 0:
+                plgpu.barrier_wait(free_a.at[step % steps])
+                plgpu.barrier_wait(free_b.at[step % steps])
+            continue
+
+        @pl.when(step >= 0)
+        def _():
+            slot = lax.rem(step, jnp.int32(steps))
+            plgpu.barrier_wait(free_a.at[slot])
+            plgpu.barrier_wait(free_b.at[slot])
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionConfig = DEFAULT_CONFIG):
+    """Forward of the selected branch: ``(o float32 (B,N,Hq,d), lse float32 (B,Hq,N))``."""
+    b, n, hq, d = q.shape
+    hk = k.shape[2]
+    g = hq // hk
+    bs = block_size
+    nb = n // bs
+    top_k = indices.shape[-1]
+    dtype = q.dtype
+    wgs = config.compute_wgs_for(g * bs)
+    tiles = g * bs // BLOCK_Q // wgs
+    steps = min(config.max_concurrent_steps, top_k)
+    scale_log2 = d**-0.5 * LOG2E
+    regs = _register_split(wgs)
+
+    def kernel(idx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
+               q_smem, p_smem, o_smem, lse_smem, k_smem, v_smem,
+               q_bar, k_bar, v_bar, k_free, v_free):
+        bi = lax.axis_index("b")
+        h = lax.axis_index("h")
+        qb = lax.axis_index("qb")
+        wg = lax.axis_index("wg")
+
+        @pl.when(wg < wgs)
+        def _compute():
+            if regs:
+                plgpu.set_max_registers(regs[0], action="increase")
+            tok, head = _query_tile(lax.axis_index("tile") * wgs + wg, qb, h, g=g, bs=bs)
+            q_tile, p_tile = q_smem.at[wg], p_smem.at[wg]
+            plgpu.copy_gmem_to_smem(q_ref.at[bi, pl.ds(tok, BLOCK_Q), head], q_tile, q_bar.at[wg])
+            plgpu.barrier_wait(q_bar.at[wg])
+
+            m0 = plgpu.layout_cast(jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+            l0 = plgpu.layout_cast(jnp.full((BLOCK_Q,), 0.0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+            acc0 = plgpu.layout_cast(jnp.full((BLOCK_Q, d), 0.0, jnp.float32), plgpu.Layout.WGMMA)
+
+            def step(j, carry):
+                acc, m, l = carry
+                slot = lax.rem(j, jnp.int32(steps))
+                plgpu.barrier_wait(k_bar.at[slot])
+                s = _matmul(q_tile, k_smem.at[slot].T, (BLOCK_Q, bs))
+                plgpu.barrier_arrive(k_free.at[slot])
+                # Scores in log2 units: one FMA per element inside exp2.
+                m_new = jnp.maximum(m, s.max(axis=1) * scale_log2)
+                alpha = jnp.exp2(m - m_new)
+                p = jnp.exp2(s * scale_log2 - _row_bcast(m_new, s.shape))
+                l = l * alpha + p.sum(axis=1)
+                p_tile[...] = p.astype(dtype)
+                plgpu.commit_smem()
+                plgpu.barrier_wait(v_bar.at[slot])
+                pv = _matmul(p_tile, v_smem.at[slot], (BLOCK_Q, d))
+                plgpu.barrier_arrive(v_free.at[slot])
+                acc = acc * _row_bcast(alpha, acc.shape) + pv
+                return acc, m_new, l
+
+            acc, m, l = lax.fori_loop(0, top_k, step, (acc0, m0, l0))
+            o_smem.at[wg][...] = acc / _row_bcast(l, acc.shape)
+            lse_smem.at[wg][...] = (m + jnp.log2(l)) * LN2
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(o_smem.at[wg], o_ref.at[bi, pl.ds(tok, BLOCK_Q), head])
+            plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[bi, head, pl.ds(tok, BLOCK_Q)])
+            plgpu.wait_smem_to_gmem(0)
+
+        @pl.when(wg == wgs)
+        def _memory():
+            if regs:
+                plgpu.set_max_registers(regs[1], action="decrease")
+
+            def issue(j, slot, wait_free):
+                rows = pl.ds(idx_ref[bi, h, qb, j] * bs, bs)
+                if wait_free:
+                    plgpu.barrier_wait(k_free.at[slot])
+                plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, h], k_smem.at[slot], k_bar.at[slot])
+                if wait_free:
+                    plgpu.barrier_wait(v_free.at[slot])
+                plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, h], v_smem.at[slot], v_bar.at[slot])
+
+            for i in range(steps):
+                issue(i, i, wait_free=False)
+
+            @pl.loop(steps, top_k)
+            def _(j):
+                issue(j, lax.rem(j, jnp.int32(steps)), wait_free=True)
+
+            _drain(k_free, v_free, top_k, steps)
+
+    t16 = _transforms()
+    scratch = (
+        plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # q tiles
+        plgpu.SMEM((wgs, BLOCK_Q, bs), dtype, transforms=t16),  # P staged for the PV wgmma
+        plgpu.SMEM((wgs, BLOCK_Q, d), jnp.float32),  # o tiles
+        plgpu.SMEM((wgs, BLOCK_Q), jnp.float32),  # lse tiles
+        plgpu.SMEM((steps, bs, d), dtype, transforms=t16),  # k ring
+        plgpu.SMEM((steps, bs, d), dtype, transforms=t16),  # v ring
+        plgpu.Barrier(num_barriers=wgs),
+        plgpu.Barrier(num_barriers=steps),
+        plgpu.Barrier(num_barriers=steps),
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
+    )
+    o, lse = plgpu.kernel(
+        kernel,
+        out_type=(jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32),
+                  jax.ShapeDtypeStruct((b, hq, n), jnp.float32)),
+        scratch_types=scratch,
+        grid=(nb, tiles, hk, b),
+        grid_names=("qb", "tile", "h", "b"),
+        num_threads=wgs + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+    )(indices, q, k, v)
+    return o, lse
+
+
+# --------------------------------------------------------------------------- backward
+
+
+def invert_selection(indices: jax.Array, num_kv_blocks: int):
+    """For each kv block, the query blocks that selected it, on device and deterministic.
+
+    ``indices`` (B, Hk, nb, top_k) -> ``(inv_qb, offsets)``: ``inv_qb`` (B, Hk, nb*top_k)
+    lists query blocks grouped by the kv block they selected (a stable sort, so within a kv
+    block in increasing query-block order) and ``offsets`` (B, Hk, num_kv_blocks + 1) are
+    the group boundaries. Selections are duplicate-free per query block, so each query
+    block appears at most once per kv block.
+    """
+    b, hk, nbq, top_k = indices.shape
+    flat = indices.reshape(b, hk, nbq * top_k)
+    order = jnp.argsort(flat, axis=-1, stable=True)
+    inv_qb = (order // top_k).astype(jnp.int32)
+    sorted_kb = jnp.take_along_axis(flat, order, axis=-1)
+    bounds = jnp.arange(num_kv_blocks + 1, dtype=flat.dtype)
+    offsets = jax.vmap(jax.vmap(lambda row: jnp.searchsorted(row, bounds, side="left")))(sorted_kb)
+    return inv_qb, offsets.astype(jnp.int32)
+
+
+def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
+                          config: SelectionConfig = DEFAULT_CONFIG):
+    """dq (float32, B,N,Hq,d) of the selected branch: ``dq = scale * dS @ K`` per tile.
+
+    ``do`` has q's dtype; ``lse`` and ``delta = rowsum(do * o)`` are (B, Hq, N) float32.
+    """
+    b, n, hq, d = q.shape
+    hk = k.shape[2]
+    g = hq // hk
+    bs = block_size
+    nb = n // bs
+    top_k = indices.shape[-1]
+    dtype = q.dtype
+    wgs = config.compute_wgs_for(g * bs)
+    tiles = g * bs // BLOCK_Q // wgs
+    steps = min(config.max_concurrent_steps, top_k)
+    scale = d**-0.5
+    regs = _register_split(wgs)
+
+    def kernel(idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref,
+               q_smem, do_smem, ds_smem, dq_smem, lse_smem, delta_smem, k_smem, v_smem,
+               in_bar, k_bar, v_bar, k_free, v_free):
+        bi = lax.axis_index("b")
+        h = lax.axis_index("h")
+        qb = lax.axis_index("qb")
+        wg = lax.axis_index("wg")
+
+        @pl.when(wg < wgs)
+        def _compute():
+            if regs:
+                plgpu.set_max_registers(regs[0], action="increase")
+            tok, head = _query_tile(lax.axis_index("tile") * wgs + wg, qb, h, g=g, bs=bs)
+            rows = pl.ds(tok, BLOCK_Q)
+            q_tile, do_tile, ds_tile = q_smem.at[wg], do_smem.at[wg], ds_smem.at[wg]
+            plgpu.copy_gmem_to_smem(q_ref.at[bi, rows, head], q_tile, in_bar.at[wg, 0])
+            plgpu.copy_gmem_to_smem(do_ref.at[bi, rows, head], do_tile, in_bar.at[wg, 1])
+            plgpu.copy_gmem_to_smem(lse_ref.at[bi, head, rows], lse_smem.at[wg], in_bar.at[wg, 2])
+            plgpu.copy_gmem_to_smem(delta_ref.at[bi, head, rows], delta_smem.at[wg], in_bar.at[wg, 3])
+            for i in range(4):
+                plgpu.barrier_wait(in_bar.at[wg, i])
+            lse = plgpu.load(lse_smem.at[wg], layout=plgpu.Layout.WGMMA.reduce(1)) * LOG2E
+            delta = plgpu.load(delta_smem.at[wg], layout=plgpu.Layout.WGMMA.reduce(1))
+            dq0 = plgpu.layout_cast(jnp.full((BLOCK_Q, d), 0.0, jnp.float32), plgpu.Layout.WGMMA)
+
+            def step(j, dq):
+                slot = lax.rem(j, jnp.int32(steps))
+                plgpu.barrier_wait(k_bar.at[slot])
+                s = _matmul(q_tile, k_smem.at[slot].T, (BLOCK_Q, bs))
+                p = jnp.exp2(s * (scale * LOG2E) - _row_bcast(lse, s.shape))
+                plgpu.barrier_wait(v_bar.at[slot])
+                dp = _matmul(do_tile, v_smem.at[slot].T, (BLOCK_Q, bs))
+                plgpu.barrier_arrive(v_free.at[slot])
+                ds_tile[...] = (p * (dp - _row_bcast(delta, dp.shape))).astype(dtype)
+                plgpu.commit_smem()
+                dq = dq + _matmul(ds_tile, k_smem.at[slot], (BLOCK_Q, d))
+                plgpu.barrier_arrive(k_free.at[slot])
+                return dq
+
+            dq = lax.fori_loop(0, top_k, step, dq0)
+            dq_smem.at[wg][...] = dq * scale
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(dq_smem.at[wg], dq_ref.at[bi, rows, head])
+            plgpu.wait_smem_to_gmem(0)
+
+        @pl.when(wg == wgs)
+        def _memory():
+            if regs:
+                plgpu.set_max_registers(regs[1], action="decrease")
+
+            def issue(j, slot, wait_free):
+                rows = pl.ds(idx_ref[bi, h, qb, j] * bs, bs)
+                if wait_free:
+                    plgpu.barrier_wait(k_free.at[slot])
+                plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, h], k_smem.at[slot], k_bar.at[slot])
+                if wait_free:
+                    plgpu.barrier_wait(v_free.at[slot])
+                plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, h], v_smem.at[slot], v_bar.at[slot])
+
+            for i in range(steps):
+                issue(i, i, wait_free=False)
+
+            @pl.loop(steps, top_k)
+            def _(j):
+                issue(j, lax.rem(j, jnp.int32(steps)), wait_free=True)
+
+            _drain(k_free, v_free, top_k, steps)
+
+    t16 = _transforms()
+    scratch = (
+        plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # q
+        plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # do
+        plgpu.SMEM((wgs, BLOCK_Q, bs), dtype, transforms=t16),  # dS staged for dq wgmma
+        plgpu.SMEM((wgs, BLOCK_Q, d), jnp.float32),  # dq out
+        plgpu.SMEM((wgs, BLOCK_Q), jnp.float32),  # lse
+        plgpu.SMEM((wgs, BLOCK_Q), jnp.float32),  # delta
+        plgpu.SMEM((steps, bs, d), dtype, transforms=t16),  # k ring
+        plgpu.SMEM((steps, bs, d), dtype, transforms=t16),  # v ring
+        plgpu.Barrier(num_barriers=(wgs, 4)),
+        plgpu.Barrier(num_barriers=steps),
+        plgpu.Barrier(num_barriers=steps),
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
+    )
+    return plgpu.kernel(
+        kernel,
+        out_type=jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32),
+        scratch_types=scratch,
+        grid=(nb, tiles, hk, b),
+        grid_names=("qb", "tile", "h", "b"),
+        num_threads=wgs + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+    )(indices, q, k, v, do, lse, delta)
+
+
+def selection_backward_dkv(q, k, v, do, lse, delta, indices, *, block_size: int,
+                           config: SelectionConfig = DEFAULT_CONFIG):
+    """dk, dv (float32, B,N,Hk,d) of the selected branch, scattered through the selection.
+
+    One CTA per (64*wgs kv rows of a kv block, kv head, batch) walks the (query block,
+    query head) pairs whose selection contains its block, in the fixed order of
+    ``invert_selection``; per pair: ``dV += P^T dO``, ``dK += scale * dS^T Q``.
+    """
+    b, n, hq, d = q.shape
+    hk = k.shape[2]
+    g = hq // hk
+    bs = block_size
+    nb = n // bs
+    wgs = config.compute_wgs_for(bs)
+    kv_tiles = bs // BLOCK_Q // wgs
+    steps = config.max_concurrent_steps
+    scale = d**-0.5
+    dtype = q.dtype
+    regs = _register_split(wgs)
+    inv_qb, offsets = invert_selection(indices, nb)
+
+    def kernel(inv_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
+               k_smem, v_smem, st_smem, dk_smem, dv_smem, q_smem, do_smem, lse_smem, delta_smem,
+               kv_bar, q_bar, do_bar, q_free, do_free):
+        bi = lax.axis_index("b")
+        h = lax.axis_index("h")
+        kb = lax.axis_index("kb")
+        wg = lax.axis_index("wg")
+        start = off_ref[bi, h, kb]
+        total = (off_ref[bi, h, kb + 1] - start) * g  # pipeline steps: (query block, head) pairs
+
+        @pl.when(wg < wgs)
+        def _compute():
+            if regs:
+                plgpu.set_max_registers(regs[0], action="increase")
+            rows = pl.ds(kb * bs + (lax.axis_index("tile") * wgs + wg) * BLOCK_Q, BLOCK_Q)
+            k_tile, v_tile, st_tile = k_smem.at[wg], v_smem.at[wg], st_smem.at[wg]
+            plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, h], k_tile, kv_bar.at[wg, 0])
+            plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, h], v_tile, kv_bar.at[wg, 1])
+            plgpu.barrier_wait(kv_bar.at[wg, 0])
+            plgpu.barrier_wait(kv_bar.at[wg, 1])
+            zero = plgpu.layout_cast(jnp.full((BLOCK_Q, d), 0.0, jnp.float32), plgpu.Layout.WGMMA)
+
+            def step(j, carry):
+                dk, dv = carry
+                slot = lax.rem(j, jnp.int32(steps))
+                plgpu.barrier_wait(q_bar.at[slot])
+                st = _matmul(k_tile, q_smem.at[slot].T, (BLOCK_Q, bs))  # S^T: kv rows x q cols
+                lse = plgpu.load(lse_smem.at[slot], layout=plgpu.Layout.WGMMA.reduce(0)) * LOG2E
+                pt = jnp.exp2(st * (scale * LOG2E) - lax.broadcast_in_dim(lse, st.shape, [1]))
+                st_tile[...] = pt.astype(dtype)
+                plgpu.commit_smem()
+                plgpu.barrier_wait(do_bar.at[slot])
+                dv = dv + _matmul(st_tile, do_smem.at[slot], (BLOCK_Q, d))
+                dpt = _matmul(v_tile, do_smem.at[slot].T, (BLOCK_Q, bs))
+                delta = plgpu.load(delta_smem.at[slot], layout=plgpu.Layout.WGMMA.reduce(0))
+                plgpu.barrier_arrive(do_free.at[slot])
+                st_tile[...] = (pt * (dpt - lax.broadcast_in_dim(delta, dpt.shape, [1]))).astype(dtype)
+                plgpu.commit_smem()
+                dk = dk + _matmul(st_tile, q_smem.at[slot], (BLOCK_Q, d))
+                plgpu.barrier_arrive(q_free.at[slot])
+                return dk, dv
+
+            dk, dv = lax.fori_loop(0, total, step, (zero, zero))
+            dk_smem.at[wg][...] = dk * scale
+            dv_smem.at[wg][...] = dv
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(dk_smem.at[wg], dk_ref.at[bi, rows, h])
+            plgpu.copy_smem_to_gmem(dv_smem.at[wg], dv_ref.at[bi, rows, h])
+            plgpu.wait_smem_to_gmem(0)
+
+        @pl.when(wg == wgs)
+        def _memory():
+            if regs:
+                plgpu.set_max_registers(regs[1], action="decrease")
+
+            def issue(j, slot, wait_free):
+                qb = inv_ref[bi, h, start + lax.div(j, jnp.int32(g))]
+                head = h * g + lax.rem(j, jnp.int32(g))
+                rows = pl.ds(qb * bs, bs)
+                if wait_free:
+                    plgpu.barrier_wait(q_free.at[slot])
+                plgpu.copy_gmem_to_smem(q_ref.at[bi, rows, head], q_smem.at[slot], q_bar.at[slot])
+                plgpu.copy_gmem_to_smem(lse_ref.at[bi, head, rows], lse_smem.at[slot], q_bar.at[slot])
+                if wait_free:
+                    plgpu.barrier_wait(do_free.at[slot])
+                plgpu.copy_gmem_to_smem(do_ref.at[bi, rows, head], do_smem.at[slot], do_bar.at[slot])
+                plgpu.copy_gmem_to_smem(delta_ref.at[bi, head, rows], delta_smem.at[slot], do_bar.at[slot])
+
+            for i in range(steps):
+                pl.when(i < total)(lambda i=i: issue(jnp.int32(i), i, wait_free=False))
+
+            @pl.loop(steps, jnp.maximum(total, steps))
+            def _(j):
+                issue(j, lax.rem(j, jnp.int32(steps)), wait_free=True)
+
+            _drain(q_free, do_free, total, steps)
+
+    t16 = _transforms()
+    scratch = (
+        plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # k rows of this CTA
+        plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # v rows
+        plgpu.SMEM((wgs, BLOCK_Q, bs), dtype, transforms=t16),  # P^T then dS^T, staged
+        plgpu.SMEM((wgs, BLOCK_Q, d), jnp.float32),  # dk out
+        plgpu.SMEM((wgs, BLOCK_Q, d), jnp.float32),  # dv out
+        plgpu.SMEM((steps, bs, d), dtype, transforms=t16),  # q ring
+        plgpu.SMEM((steps, bs, d), dtype, transforms=t16),  # do ring
+        plgpu.SMEM((steps, bs), jnp.float32),  # lse ring
+        plgpu.SMEM((steps, bs), jnp.float32),  # delta ring
+        plgpu.Barrier(num_barriers=(wgs, 2)),
+        plgpu.Barrier(num_arrivals=2, num_barriers=steps),  # q + lse copies
+        plgpu.Barrier(num_arrivals=2, num_barriers=steps),  # do + delta copies
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
+    )
+    kv_shape = jax.ShapeDtypeStruct((b, n, hk, d), jnp.float32)
+    return plgpu.kernel(
+        kernel,
+        out_type=(kv_shape, kv_shape),
+        scratch_types=scratch,
+        grid=(nb, kv_tiles, hk, b),
+        grid_names=("kb", "tile", "h", "b"),
+        num_threads=wgs + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+    )(inv_qb, offsets, q, k, v, do, lse, delta)
+
+
+
+# --------------------------------------------------------------------------- custom VJP
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def selected_attention(q, k, v, indices, block_size: int, config: SelectionConfig = DEFAULT_CONFIG):
+    """Selected-branch attention (float32 output) with the kernels' custom VJP.
+
+    Same contract as ``mosaic_jax.attention.reference.selected_attention``; ``indices``
+    (B, Hk, N/block_size, top_k) int32, duplicate-free per row, receives no gradient.
+    """
+    o, _ = selection_forward(q, k, v, indices, block_size=block_size, config=config)
+    return o
+
+
+def _selected_fwd(q, k, v, indices, block_size, config):
+    o, lse = selection_forward(q, k, v, indices, block_size=block_size, config=config)
+    return o, (q, k, v, indices, o, lse)
+
+
+def _selected_bwd(block_size, config, res, do):
+    q, k, v, indices, o, lse = res
+    delta = jnp.einsum("bnhd,bnhd->bhn", o, do.astype(jnp.float32))
+    do = do.astype(q.dtype)
+    dq = selection_backward_dq(q, k, v, do, lse, delta, indices, block_size=block_size, config=config)
+    dk, dv = selection_backward_dkv(q, k, v, do, lse, delta, indices, block_size=block_size, config=config)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+selected_attention.defvjp(_selected_fwd, _selected_bwd)

@@ -1,0 +1,192 @@
+"""Mosaic attention Pallas kernels against the pure-JAX reference, in GPU interpret mode.
+
+Runs on the CPU: every kernel is traced under ``plgpu.force_gpu_interpret_mode`` with
+race detection on, so barriers, TMA copies and wgmma are simulated (jax 0.11.2). The
+reference runs in float32 on the same (upcast) inputs; errors are relative L2 norms,
+bounded by 2e-2 for 16-bit inputs (issue 3). Uninitialized memory in interpret mode is
+NaN, so an output element the kernel never wrote fails the finiteness check.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call as gpu_interpret
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from mosaic_jax.attention import reference
+from pallas_kernels import mosaic_attention as kernels
+from pallas_kernels.mosaic_attention import flops
+from pallas_kernels.mosaic_attention.selection_kernel import invert_selection, selection_forward
+
+TOL_16BIT = 2e-2
+
+
+def interpret():
+    return plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True))
+
+
+def rel_l2(x, ref) -> float:
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    assert np.isfinite(x).all(), "non-finite values (unwritten output?)"
+    return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
+
+
+def f32(x):
+    return x.astype(jnp.float32)
+
+
+def inputs(seed, b, n, hq, hk, d, dtype):
+    ks = jax.random.split(jax.random.key(seed), 5)
+    q = jax.random.normal(ks[0], (b, n, hq, d), jnp.float32).astype(dtype)
+    k = jax.random.normal(ks[1], (b, n, hk, d), jnp.float32).astype(dtype)
+    v = jax.random.normal(ks[2], (b, n, hk, d), jnp.float32).astype(dtype)
+    gates = jax.nn.softmax(jax.random.normal(ks[3], (b, n, hq, 3)), axis=-1)
+    cot = jax.random.normal(ks[4], (b, n, hq, d), jnp.float32)
+    return q, k, v, gates, cot
+
+
+def random_selection(seed, b, hk, nb, top_k):
+    """Duplicate-free rows that always contain the query's own block and the last block."""
+    assert top_k >= 2
+    rng = np.random.default_rng(seed)
+    idx = np.empty((b, hk, nb, top_k), np.int32)
+    for bi in range(b):
+        for h in range(hk):
+            for qb in range(nb):
+                forced = [qb] if qb == nb - 1 else [qb, nb - 1]
+                rest = rng.permutation([x for x in range(nb) if x not in forced])
+                row = np.concatenate([forced, rest])[:top_k]
+                idx[bi, h, qb] = rng.permutation(row)
+    return jnp.asarray(idx)
+
+
+def selected_lse_reference(q, k, indices, block_size):
+    """Natural-log LSE (B, Hq, N) of the selected branch's scores, float32."""
+    b, n, hq, d = q.shape
+    hk, g, nb = k.shape[2], hq // k.shape[2], n // block_size
+    qb = f32(q).reshape(b, nb, block_size, hk, g, d)
+    kb = f32(k).reshape(b, nb, block_size, hk, d)
+    sel = kb[jnp.arange(b)[:, None, None, None], indices, :, jnp.arange(hk)[None, :, None, None]]
+    # sel (B, Hk, nb, top_k, bs, d) -> keys (B, Hk, nb, top_k*bs, d)
+    keys = sel.reshape(b, hk, nb, -1, d)
+    s = jnp.einsum("bqihgd,bhqjd->bhgqij", qb, keys) * d**-0.5
+    lse = jax.nn.logsumexp(s, axis=-1)  # (B, Hk, G, nb, bs)
+    return lse.reshape(b, hq, n)
+
+
+@pytest.fixture(autouse=True)
+def _no_races():
+    yield
+    assert not gpu_interpret.get_races().races_found
+
+
+# (batch, seq, Hq, Hk, head_dim, sparse_block, top_k, dtype): GQA 1, 2, 4; G*bs of 64 rows
+# (one compute warpgroup) and 128+ rows (two compute warpgroups sharing each kv block).
+SELECTION_CASES = [
+    (1, 256, 1, 1, 64, 64, 3, jnp.bfloat16),
+    (2, 256, 4, 2, 64, 64, 2, jnp.float16),
+    (1, 512, 4, 1, 64, 128, 3, jnp.bfloat16),
+]
+
+
+@pytest.mark.parametrize("b,n,hq,hk,d,bs,top_k,dtype", SELECTION_CASES)
+def test_selected_attention_values_and_gradients(b, n, hq, hk, d, bs, top_k, dtype):
+    q, k, v, _, cot = inputs(0, b, n, hq, hk, d, dtype)
+    indices = random_selection(1, b, hk, n // bs, top_k)
+    with interpret():
+        o, vjp = jax.vjp(lambda q, k, v: kernels.selected_attention(q, k, v, indices, bs), q, k, v)
+        grads = vjp(cot)
+    o_ref, vjp_ref = jax.vjp(lambda q, k, v: reference.selected_attention(q, k, v, indices, bs),
+                             f32(q), f32(k), f32(v))
+    assert o.dtype == jnp.float32
+    assert rel_l2(o, o_ref) <= TOL_16BIT
+    for name, grad, grad_ref, x in zip("qkv", grads, vjp_ref(cot), (q, k, v)):
+        assert grad.dtype == x.dtype, name
+        assert rel_l2(grad, grad_ref) <= TOL_16BIT, name
+
+
+def test_selection_forward_lse():
+    b, n, hq, hk, d, bs, top_k = 1, 256, 2, 1, 64, 64, 2
+    q, k, v, _, _ = inputs(3, b, n, hq, hk, d, jnp.bfloat16)
+    indices = random_selection(4, b, hk, n // bs, top_k)
+    with interpret():
+        _, lse = selection_forward(q, k, v, indices, block_size=bs)
+    assert rel_l2(lse, selected_lse_reference(q, k, indices, bs)) <= 1e-3
+
+
+def test_local_attention_values_and_gradients():
+    b, n, hq, hk, d, block = 1, 512, 2, 1, 64, 256  # local tile 128: 2 kv tiles per block
+    q, k, v, _, cot = inputs(5, b, n, hq, hk, d, jnp.bfloat16)
+    with interpret():
+        o, vjp = jax.vjp(lambda q, k, v: kernels.local_attention(q, k, v, block), q, k, v)
+        grads = vjp(cot)
+    o_ref, vjp_ref = jax.vjp(lambda q, k, v: reference.local_attention(q, k, v, block), f32(q), f32(k), f32(v))
+    assert rel_l2(o, o_ref) <= TOL_16BIT
+    for name, grad, grad_ref in zip("qkv", grads, vjp_ref(cot)):
+        assert rel_l2(grad, grad_ref) <= TOL_16BIT, name
+
+
+def test_mosaic_attention_values_and_gradients():
+    b, n, hq, hk, d = 1, 256, 2, 1, 64
+    kw = dict(block_attn_size=128, sparse_block_size=64, top_k=2)
+    q, k, v, gates, cot = inputs(6, b, n, hq, hk, d, jnp.bfloat16)
+    with interpret():
+        o, vjp = jax.vjp(lambda *a: kernels.mosaic_attention(*a, **kw), q, k, v, gates)
+        grads = vjp(cot)
+    o_ref, vjp_ref = jax.vjp(lambda *a: reference.mosaic_attention(*a, **kw), f32(q), f32(k), f32(v), gates)
+    assert rel_l2(o, o_ref) <= TOL_16BIT
+    for name, grad, grad_ref in zip(["q", "k", "v", "gates"], grads, vjp_ref(cot)):
+        assert rel_l2(grad, grad_ref) <= TOL_16BIT, name
+
+
+def test_dispatch_forced_pallas_matches_xla():
+    from mosaic_jax.attention import api
+
+    kw = dict(block_attn_size=128, sparse_block_size=64, top_k=2)
+    q, k, v, gates, _ = inputs(7, 1, 256, 2, 2, 64, jnp.bfloat16)
+    with interpret():
+        o = api.mosaic_attention(q, k, v, gates, impl="pallas", **kw)
+    o_ref = api.mosaic_attention(f32(q), f32(k), f32(v), gates, impl="xla", **kw)
+    assert rel_l2(o, o_ref) <= TOL_16BIT
+
+
+def test_invert_selection_lists_every_selecting_block_in_order():
+    indices = random_selection(8, 2, 2, 6, 3)
+    inv, offsets = invert_selection(indices, 6)
+    inv, offsets, idx = np.asarray(inv), np.asarray(offsets), np.asarray(indices)
+    for bi in range(2):
+        for h in range(2):
+            for kb in range(6):
+                expect = [qb for qb in range(6) if kb in idx[bi, h, qb]]
+                got = inv[bi, h, offsets[bi, h, kb]:offsets[bi, h, kb + 1]].tolist()
+                assert got == expect
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(dtype=jnp.float32), "bfloat16 or float16"),
+    (dict(d=32), "head_dim"),
+    (dict(bs=96), "sparse_block_size"),
+    (dict(top_k=9), "top_k"),
+    (dict(block=96), "block_attn_size"),
+])
+def test_unsupported_shapes_raise_value_error(change, match):
+    p = dict(dtype=jnp.bfloat16, d=64, bs=64, top_k=2, block=128) | change
+    q, k, v, gates, _ = inputs(9, 1, 512, 2, 1, p["d"], p["dtype"])
+    with pytest.raises(ValueError, match=match):
+        kernels.mosaic_attention(q, k, v, gates, block_attn_size=p["block"], sparse_block_size=p["bs"],
+                                 top_k=p["top_k"])
+    with pytest.raises(NotImplementedError):  # also a NotImplementedError, for fallback dispatch
+        kernels.check_kernel_shapes(q, k, v, sparse_block_size=p["bs"], top_k=p["top_k"],
+                                    block_attn_size=p["block"])
+
+
+def test_flop_counts_stage1():
+    # Stage-1 shape of the published config: 49,152 tokens, 1024 / 128 / top-24.
+    f = flops.mosaic_flops(1, 49_152, 1, 64, block_attn_size=1024, sparse_block_size=128, top_k=24)
+    assert f.local == 4 * 49_152 * 1024 * 64
+    assert f.selected == 4 * 49_152 * 24 * 128 * 64
+    assert f.compressed == 4 * 384 * 384 * 64
+    assert f.forward_backward == pytest.approx(f.forward + 2.5 * (f.local + f.compressed + f.selected))
