@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,24 +74,30 @@ def peak_device_bytes() -> int | None:
     return max(peaks) if peaks else None
 
 
-def run_forecast(cfg: ModelConfig, params: Any, store: WeatherStore, stats: NormStats, *, init_time: Any,
-                 num_steps: int, num_members: int, output: str | Path, seed: int = 0,
-                 member_chunk: int | None = None, dtype: Any = jnp.float32, attention_impl: str = "auto",
-                 progress: bool = True) -> ForecastSummary:
-    """Forecast ``num_members`` x ``num_steps`` from ``init_time`` and write ``output``."""
+def run_forecast(cfg: ModelConfig, params: Any, store: WeatherStore, stats: NormStats, *,
+                 init_time: Any | Sequence[Any], num_steps: int, num_members: int, output: str | Path,
+                 seed: int = 0, member_chunk: int | None = None, dtype: Any = jnp.float32,
+                 attention_impl: str = "auto", progress: bool = True) -> ForecastSummary:
+    """Forecast ``num_members`` x ``num_steps`` from each init time and write ``output``.
+
+    Several init times go on the ``time`` dim of a ``.zarr``/``.nc`` output; the published
+    ``.npz`` layout holds one. The same ``seed`` gives every init time the same member keys.
+    """
     output = Path(output)
     suffix = output.suffix
+    inits_requested = [init_time] if isinstance(init_time, (str, np.datetime64)) or np.ndim(init_time) == 0 \
+        else list(init_time)
     if suffix not in (".npz", ".zarr", ".nc"):
         raise ValueError(f"output must end in .npz, .zarr or .nc, got {output}")
+    if suffix == ".npz" and len(inits_requested) != 1:
+        raise ValueError("the .npz layout holds one init time; write .zarr or .nc for several")
     if num_steps < 1 or num_members < 1:
         raise ValueError("steps and members must be >= 1")
     if stats.num_channels != cfg.num_channels:
         raise ValueError(f"normalization stats have {stats.num_channels} channels, the model {cfg.num_channels}")
-    idx = history_indices(store, cfg, init_time)
-    init = store.times[idx[-1]]
-    history = stats.normalize(store.states(idx)).astype(np.float32)
+    all_idx = [history_indices(store, cfg, t) for t in inits_requested]  # validate every init up front
+    inits = [store.times[idx[-1]] for idx in all_idx]
     static = store.static()
-    day_year = day_year_progress(np.asarray([init]))[0]
 
     devices = jax.devices()
     chunk = member_chunk or num_members
@@ -109,30 +115,34 @@ def run_forecast(cfg: ModelConfig, params: Any, store: WeatherStore, stats: Norm
 
     tmpdir = Path(tempfile.mkdtemp(prefix=".forecast-", dir=output.absolute().parent))
     try:
-        buffer = np.lib.format.open_memmap(tmpdir / "forecasts.npy", mode="w+", dtype=np.float32,
-                                           shape=(num_members, num_steps, cfg.n_lon, cfg.n_lat, cfg.num_channels))
-        bar = _progress(num_members * num_steps, progress)
+        buffer = np.lib.format.open_memmap(
+            tmpdir / "forecasts.npy", mode="w+", dtype=np.float32,
+            shape=(len(inits), num_members, num_steps, cfg.n_lon, cfg.n_lat, cfg.num_channels))
+        bar = _progress(len(inits) * num_members * num_steps, progress)
         start = time.perf_counter()
-        for lo in range(0, num_members, chunk):
-            ids = np.arange(lo, min(lo + chunk, num_members))
-            m = len(ids)
-            sharding = member_sharding if m % mesh.size == 0 else replicated
-            keys = jax.device_put(member_keys(base_key, jnp.asarray(ids)), sharding)
-            hist = jax.device_put(np.broadcast_to(history, (m,) + history.shape), sharding)
-            dy = jax.device_put(np.broadcast_to(day_year, (m, 2)), sharding)
-            for s in range(num_steps):
-                hist, dy, new = step_fn(params, hist, dy, static_dev, keys, jnp.int32(s))
-                buffer[lo:lo + m, s] = stats.denormalize(np.asarray(new))
-                bar.update(m)
+        for i, (idx, init) in enumerate(zip(all_idx, inits)):
+            history = stats.normalize(store.states(idx)).astype(np.float32)
+            day_year = day_year_progress(np.asarray([init]))[0]
+            for lo in range(0, num_members, chunk):
+                ids = np.arange(lo, min(lo + chunk, num_members))
+                m = len(ids)
+                sharding = member_sharding if m % mesh.size == 0 else replicated
+                keys = jax.device_put(member_keys(base_key, jnp.asarray(ids)), sharding)
+                hist = jax.device_put(np.broadcast_to(history, (m,) + history.shape), sharding)
+                dy = jax.device_put(np.broadcast_to(day_year, (m, 2)), sharding)
+                for s in range(num_steps):
+                    hist, dy, new = step_fn(params, hist, dy, static_dev, keys, jnp.int32(s))
+                    buffer[i, lo:lo + m, s] = stats.denormalize(np.asarray(new))
+                    bar.update(m)
         wall = time.perf_counter() - start
         bar.close()
         buffer.flush()
         lead_hours = cfg.step_hours * np.arange(1, num_steps + 1)
-        write_forecast(output, buffer, cfg.channels, lead_hours, init, store.longitude, store.latitude)
+        write_forecast(output, buffer, cfg.channels, lead_hours, inits, store.longitude, store.latitude)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    return ForecastSummary(output, wall, wall / (num_members * num_steps), peak_device_bytes(), num_members,
-                           num_steps)
+    member_steps = len(inits) * num_members * num_steps
+    return ForecastSummary(output, wall, wall / member_steps, peak_device_bytes(), num_members, num_steps)
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -141,17 +151,18 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="member-step", disable=not enabled, desc="forecast")
 
 
-def to_dataset(forecasts: np.ndarray, channels: tuple[str, ...], lead_hours: np.ndarray, init_time: Any,
+def to_dataset(forecasts: np.ndarray, channels: tuple[str, ...], lead_hours: np.ndarray, init_times: Sequence[Any],
                longitude: np.ndarray, latitude: np.ndarray) -> Any:
     """WeatherBench2-named dataset: one variable per field, pressure levels on a ``level`` dim.
 
-    Dims ``(time, member, prediction_timedelta, [level,] longitude, latitude)`` with ``time``
-    the init time; backed by dask over the (possibly memory-mapped) array, one chunk per step.
+    ``forecasts`` (init, member, step, lon, lat, C). Dims ``(time, member, prediction_timedelta,
+    [level,] longitude, latitude)`` with ``time`` the init times; backed by dask over the
+    (possibly memory-mapped) array, one chunk per init and step.
     """
     import dask.array as da
     import xarray as xr
 
-    arr = da.from_array(forecasts, chunks=(forecasts.shape[0], 1) + forecasts.shape[2:])[None]
+    arr = da.from_array(forecasts, chunks=(1, forecasts.shape[1], 1) + forecasts.shape[3:])
     groups: dict[str, list[tuple[int | None, int]]] = {}
     for c, name in enumerate(channels):
         var, level = variables.split_channel(name)
@@ -170,8 +181,8 @@ def to_dataset(forecasts: np.ndarray, channels: tuple[str, ...], lead_hours: np.
         stacked = da.stack([arr[..., c] for _, c in entries], axis=3)
         data_vars[var] = xr.Variable(base_dims + ("level", "longitude", "latitude"), stacked, attrs)
     coords = {
-        "time": [np.datetime64(init_time, "ns")],
-        "member": np.arange(forecasts.shape[0]),
+        "time": np.asarray([np.datetime64(t, "ns") for t in init_times]),
+        "member": np.arange(forecasts.shape[1]),
         "prediction_timedelta": (lead_hours.astype("int64") * np.timedelta64(1, "h")).astype("timedelta64[ns]"),
         "longitude": ("longitude", np.asarray(longitude, np.float64), {"units": "degrees_east"}),
         "latitude": ("latitude", np.asarray(latitude, np.float64), {"units": "degrees_north"}),
@@ -182,18 +193,18 @@ def to_dataset(forecasts: np.ndarray, channels: tuple[str, ...], lead_hours: np.
 
 
 def write_forecast(output: Path, forecasts: np.ndarray, channels: tuple[str, ...], lead_hours: np.ndarray,
-                   init_time: Any, longitude: np.ndarray, latitude: np.ndarray) -> Path:
-    """Write atomically: into a temporary sibling, then rename over ``output``."""
+                   init_times: Sequence[Any], longitude: np.ndarray, latitude: np.ndarray) -> Path:
+    """Write ``forecasts`` (init, member, step, lon, lat, C) atomically: temporary sibling, then rename."""
     output = output.absolute()
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     try:
         if output.suffix == ".npz":
             with open(tmp, "wb") as f:  # np.savez streams a memmap in buffered chunks
-                np.savez(f, forecasts=forecasts, variables=np.asarray(channels), lead_time_hours=lead_hours,
-                         init_time=np.datetime64(init_time, "s"), longitude=np.asarray(longitude),
+                np.savez(f, forecasts=forecasts[0], variables=np.asarray(channels), lead_time_hours=lead_hours,
+                         init_time=np.datetime64(init_times[0], "s"), longitude=np.asarray(longitude),
                          latitude=np.asarray(latitude))
         else:
-            ds = to_dataset(forecasts, channels, lead_hours, init_time, longitude, latitude)
+            ds = to_dataset(forecasts, channels, lead_hours, init_times, longitude, latitude)
             if output.suffix == ".zarr":
                 ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=2)  # as WeatherBench2 stores
             else:

@@ -90,3 +90,20 @@ def test_forecast_errors(setup, tmp_path):
         run_forecast(cfg, params, store, stats, init_time="2020-01-02", num_steps=1, num_members=1,
                      output=tmp_path / "x.csv", progress=False)
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_several_init_times_share_member_keys(setup, tmp_path):
+    root, store_path, model_dir, cfg, params, store, stats = setup
+    both = tmp_path / "both.nc"
+    run_forecast(cfg, params, store, stats, init_time=["2020-01-02T00", "2020-01-03T00"], num_steps=2,
+                 num_members=2, output=both, progress=False)
+    single = tmp_path / "one.npz"
+    run_forecast(cfg, params, store, stats, init_time="2020-01-03T00", num_steps=2, num_members=2, output=single,
+                 progress=False)
+    ds = xr.open_dataset(both, engine="h5netcdf")
+    assert ds.sizes["time"] == 2
+    with np.load(single) as f:
+        np.testing.assert_allclose(ds["2m_temperature"].values[1], f["forecasts"][..., 0], rtol=1e-6)
+    with pytest.raises(ValueError, match="one init time"):
+        run_forecast(cfg, params, store, stats, init_time=["2020-01-02T00", "2020-01-03T00"], num_steps=1,
+                     num_members=1, output=tmp_path / "x.npz", progress=False)

@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--random-weights", action="store_true", help="no checkpoint: random init (timing only)")
     p.add_argument("--zarr", required=True, help="WeatherBench2 store (local path or gs:// URL)")
     p.add_argument("--stats", help="normalization stats .npz (default: stats.npz in the checkpoint directory)")
-    p.add_argument("--init-time", required=True, help="initial time, e.g. 2020-06-01T00")
+    p.add_argument("--init-time", required=True, nargs="+",
+                   help="initial time(s), e.g. 2020-06-01T00 (several: .zarr/.nc output, on its time dim)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--members", type=int, default=24)
     p.add_argument("--member-chunk", type=int, help="members per device pass (bounds memory)")
