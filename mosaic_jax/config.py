@@ -17,7 +17,8 @@ from typing import Any
 from mosaic_jax import variables
 
 
-def _require(cond: bool, field: str, message: str) -> None:
+def require(cond: bool, field: str, message: str) -> None:
+    """Raise ``ValueError('<field>: <message>')`` unless ``cond``: config errors name their field."""
     if not cond:
         raise ValueError(f"{field}: {message}")
 
@@ -52,24 +53,24 @@ class AttentionConfig:
         return int(self.dim * self.mlp_ratio)
 
     def _validate(self, where: str) -> None:
-        _require(self.nside >= 1 and (self.nside & (self.nside - 1)) == 0, f"{where}.nside",
+        require(self.nside >= 1 and (self.nside & (self.nside - 1)) == 0, f"{where}.nside",
                  f"must be a power of two, got {self.nside}")
-        _require(self.num_heads >= 1, f"{where}.num_heads", f"must be positive, got {self.num_heads}")
-        _require(self.dim % self.num_heads == 0, f"{where}.dim",
+        require(self.num_heads >= 1, f"{where}.num_heads", f"must be positive, got {self.num_heads}")
+        require(self.dim % self.num_heads == 0, f"{where}.dim",
                  f"{self.dim} is not divisible by num_heads={self.num_heads}")
-        _require(self.head_dim % 4 == 0, f"{where}.dim",
+        require(self.head_dim % 4 == 0, f"{where}.dim",
                  f"head_dim={self.head_dim} must be divisible by 4 for 2-D RoPE")
-        _require(self.gqa_ratio >= 1 and self.num_heads % self.gqa_ratio == 0, f"{where}.gqa_ratio",
+        require(self.gqa_ratio >= 1 and self.num_heads % self.gqa_ratio == 0, f"{where}.gqa_ratio",
                  f"num_heads={self.num_heads} is not divisible by gqa_ratio={self.gqa_ratio}")
         n = self.num_pixels
-        _require(self.block_attn_size >= 1 and n % self.block_attn_size == 0, f"{where}.block_attn_size",
+        require(self.block_attn_size >= 1 and n % self.block_attn_size == 0, f"{where}.block_attn_size",
                  f"sequence length {n} (12*nside^2) is not divisible by block_attn_size={self.block_attn_size}")
-        _require(self.sparse_block_size >= 1 and n % self.sparse_block_size == 0, f"{where}.sparse_block_size",
+        require(self.sparse_block_size >= 1 and n % self.sparse_block_size == 0, f"{where}.sparse_block_size",
                  f"sequence length {n} is not divisible by sparse_block_size={self.sparse_block_size}")
         n_blocks = n // self.sparse_block_size
-        _require(1 <= self.sparse_block_count <= n_blocks, f"{where}.sparse_block_count",
+        require(1 <= self.sparse_block_count <= n_blocks, f"{where}.sparse_block_count",
                  f"top-k={self.sparse_block_count} must be in [1, {n_blocks}] (number of sparse blocks)")
-        _require(self.mlp_ratio > 0 and float(self.dim * self.mlp_ratio).is_integer(), f"{where}.mlp_ratio",
+        require(self.mlp_ratio > 0 and float(self.dim * self.mlp_ratio).is_integer(), f"{where}.mlp_ratio",
                  f"dim*mlp_ratio must be a positive integer, got {self.dim}*{self.mlp_ratio}")
 
 
@@ -82,8 +83,8 @@ class StageConfig(AttentionConfig):
 
     def __post_init__(self) -> None:
         self._validate("stage")
-        _require(self.encoder_depth >= 0, "stage.encoder_depth", "must be >= 0")
-        _require(self.decoder_depth >= 0, "stage.decoder_depth", "must be >= 0")
+        require(self.encoder_depth >= 0, "stage.encoder_depth", "must be >= 0")
+        require(self.decoder_depth >= 0, "stage.decoder_depth", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,7 @@ class BottleneckConfig(AttentionConfig):
 
     def __post_init__(self) -> None:
         self._validate("bottleneck")
-        _require(self.depth >= 0, "bottleneck.depth", "must be >= 0")
+        require(self.depth >= 0, "bottleneck.depth", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,23 +129,23 @@ class ModelConfig:
         object.__setattr__(self, "bottleneck", bottleneck)
         object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "static_variables", tuple(self.static_variables))
-        _require(len(stages) >= 1, "stages", "at least one stage is required")
+        require(len(stages) >= 1, "stages", "at least one stage is required")
         levels = [s.nside for s in stages] + [bottleneck.nside]
         for i in range(len(levels) - 1):
-            _require(levels[i] == 2 * levels[i + 1], f"stages[{i + 1}].nside" if i + 1 < len(stages)
+            require(levels[i] == 2 * levels[i + 1], f"stages[{i + 1}].nside" if i + 1 < len(stages)
                      else "bottleneck.nside",
                      f"each level must halve nside (factor 4 in pixels): got {levels}")
-        _require(self.k_neighbors >= 1, "k_neighbors", f"must be >= 1, got {self.k_neighbors}")
-        _require(self.k_neighbors <= min(self.n_lon * self.n_lat, stages[0].num_pixels), "k_neighbors",
+        require(self.k_neighbors >= 1, "k_neighbors", f"must be >= 1, got {self.k_neighbors}")
+        require(self.k_neighbors <= min(self.n_lon * self.n_lat, stages[0].num_pixels), "k_neighbors",
                  "larger than the number of grid points")
-        _require(self.num_history_steps >= 1, "num_history_steps", "must be >= 1")
-        _require(self.noise_dim >= 1, "noise_dim", "must be >= 1")
-        _require(self.n_lon >= 2 and self.n_lat >= 2, "n_lon/n_lat", "grid too small")
-        _require(len(self.channels) >= 1, "channels", "at least one channel is required")
-        _require(len(set(self.channels)) == len(self.channels), "channels", "duplicate channel names")
-        _require(self.step_hours > 0 and self.step_hours % 6 == 0, "step_hours",
+        require(self.num_history_steps >= 1, "num_history_steps", "must be >= 1")
+        require(self.noise_dim >= 1, "noise_dim", "must be >= 1")
+        require(self.n_lon >= 2 and self.n_lat >= 2, "n_lon/n_lat", "grid too small")
+        require(len(self.channels) >= 1, "channels", "at least one channel is required")
+        require(len(set(self.channels)) == len(self.channels), "channels", "duplicate channel names")
+        require(self.step_hours > 0 and self.step_hours % 6 == 0, "step_hours",
                  f"must be a positive multiple of 6, got {self.step_hours}")
-        _require(self.history_spacing_hours > 0, "history_spacing_hours", "must be positive")
+        require(self.history_spacing_hours > 0, "history_spacing_hours", "must be positive")
 
     # ---- derived sizes -------------------------------------------------------------
     @property
@@ -236,16 +237,11 @@ def _tiny(n_lon: int = 48, n_lat: int = 25) -> ModelConfig:
 
 def _demo() -> ModelConfig:
     """A small 6-hourly model for the CPU demo on the embedded 7.5 degree dataset."""
-    stages = (
-        StageConfig(nside=8, dim=64, num_heads=4, block_attn_size=64, sparse_block_size=16,
-                    sparse_block_count=4, encoder_depth=1, decoder_depth=1, mlp_ratio=2.0, gqa_ratio=2),
-        StageConfig(nside=4, dim=96, num_heads=4, block_attn_size=48, sparse_block_size=16,
-                    sparse_block_count=2, encoder_depth=1, decoder_depth=1, mlp_ratio=2.0, gqa_ratio=2),
-    )
-    bottleneck = BottleneckConfig(nside=2, dim=128, num_heads=4, block_attn_size=16, sparse_block_size=4,
-                                  sparse_block_count=2, depth=1, mlp_ratio=2.0, gqa_ratio=2)
-    return ModelConfig(stages=stages, bottleneck=bottleneck, k_neighbors=8, num_history_steps=2,
-                       n_lon=48, n_lat=25, step_hours=6, history_spacing_hours=6)
+    tiny = _tiny()
+    stage1, stage2 = tiny.stages
+    return dataclasses.replace(tiny, stages=(dataclasses.replace(stage1, encoder_depth=1),
+                                             dataclasses.replace(stage2, block_attn_size=48)),
+                               step_hours=6, history_spacing_hours=6)
 
 
 PRESETS = {

@@ -11,13 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mosaic_jax.config import require
+
 COMPUTE_DTYPES = ("bfloat16", "float32")
 LEVEL_WEIGHTINGS = ("pressure", "uniform")
 
 
-def _require(cond: bool, field: str, message: str) -> None:
-    if not cond:
-        raise ValueError(f"{field}: {message}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,39 +107,39 @@ class TrainConfig:
                                                     if isinstance(self.variable_weights, dict)
                                                     else self.variable_weights))
         object.__setattr__(self, "variable_weights", vw)
-        _require(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
-        _require(self.total_steps >= 1, "total_steps", f"must be >= 1, got {self.total_steps}")
-        _require(0 <= self.warmup_steps <= self.total_steps, "warmup_steps",
+        require(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
+        require(self.total_steps >= 1, "total_steps", f"must be >= 1, got {self.total_steps}")
+        require(0 <= self.warmup_steps <= self.total_steps, "warmup_steps",
                  f"must be in [0, total_steps={self.total_steps}], got {self.warmup_steps}")
-        _require(0 <= self.final_lr_fraction <= 1, "final_lr_fraction", "must be in [0, 1]")
-        _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
-        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(self.ensemble_members >= 1, "ensemble_members", f"must be >= 1, got {self.ensemble_members}")
-        _require(self.rollout_steps >= 1, "rollout_steps", f"must be >= 1, got {self.rollout_steps}")
-        _require(0.0 <= self.crps_alpha <= 1.0, "crps_alpha", f"must be in [0, 1], got {self.crps_alpha}")
-        _require(all(w >= 0 for _, w in vw), "variable_weights", "weights must be >= 0")
-        _require(self.level_weighting in LEVEL_WEIGHTINGS, "level_weighting",
+        require(0 <= self.final_lr_fraction <= 1, "final_lr_fraction", "must be in [0, 1]")
+        require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.ensemble_members >= 1, "ensemble_members", f"must be >= 1, got {self.ensemble_members}")
+        require(self.rollout_steps >= 1, "rollout_steps", f"must be >= 1, got {self.rollout_steps}")
+        require(0.0 <= self.crps_alpha <= 1.0, "crps_alpha", f"must be in [0, 1], got {self.crps_alpha}")
+        require(all(w >= 0 for _, w in vw), "variable_weights", "weights must be >= 0")
+        require(self.level_weighting in LEVEL_WEIGHTINGS, "level_weighting",
                  f"must be one of {LEVEL_WEIGHTINGS}, got {self.level_weighting!r}")
-        _require(self.mesh_data == -1 or self.mesh_data >= 1, "mesh_data", "must be >= 1 or -1 (all the rest)")
-        _require(self.mesh_ensemble >= 1, "mesh_ensemble", "must be >= 1")
-        _require(self.mesh_fsdp >= 1, "mesh_fsdp", "must be >= 1")
-        _require(self.ensemble_members % self.mesh_ensemble == 0, "mesh_ensemble",
+        require(self.mesh_data == -1 or self.mesh_data >= 1, "mesh_data", "must be >= 1 or -1 (all the rest)")
+        require(self.mesh_ensemble >= 1, "mesh_ensemble", "must be >= 1")
+        require(self.mesh_fsdp >= 1, "mesh_fsdp", "must be >= 1")
+        require(self.ensemble_members % self.mesh_ensemble == 0, "mesh_ensemble",
                  f"ensemble_members={self.ensemble_members} is not divisible by mesh_ensemble={self.mesh_ensemble}")
-        _require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
-        _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
-        _require(self.keep_best >= 0, "keep_best", "must be >= 0")
-        _require(self.eval_every >= 0, "eval_every", "must be >= 0 (0 disables validation)")
-        _require(self.eval_batches >= 1, "eval_batches", "must be >= 1")
-        _require(self.log_every >= 1, "log_every", "must be >= 1")
-        _require(self.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite", "must be >= 1")
-        _require(self.compute_dtype in COMPUTE_DTYPES, "compute_dtype",
+        require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        require(self.keep_best >= 0, "keep_best", "must be >= 0")
+        require(self.eval_every >= 0, "eval_every", "must be >= 0 (0 disables validation)")
+        require(self.eval_batches >= 1, "eval_batches", "must be >= 1")
+        require(self.log_every >= 1, "log_every", "must be >= 1")
+        require(self.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite", "must be >= 1")
+        require(self.compute_dtype in COMPUTE_DTYPES, "compute_dtype",
                  f"must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
-        _require(self.attention_impl in ("auto", "xla", "pallas"), "attention_impl",
+        require(self.attention_impl in ("auto", "xla", "pallas"), "attention_impl",
                  f"must be auto, xla or pallas, got {self.attention_impl!r}")
-        _require(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
-        _require(self.worker_count >= 0, "worker_count", "must be >= 0")
-        _require(self.peak_tflops is None or self.peak_tflops > 0, "peak_tflops", "must be positive")
+        require(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
+        require(self.worker_count >= 0, "worker_count", "must be >= 0")
+        require(self.peak_tflops is None or self.peak_tflops > 0, "peak_tflops", "must be positive")
 
     # ---- (de)serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
