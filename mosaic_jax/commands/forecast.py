@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="mosaic-jax model directory, or a published .pt (converted on the fly)")
     p.add_argument("--random-weights", action="store_true", help="no checkpoint: random init (timing only)")
     p.add_argument("--zarr", required=True, help="WeatherBench2 store (local path or gs:// URL)")
-    p.add_argument("--stats", help="normalization stats .npz (default: stats.npz in the checkpoint directory)")
+    p.add_argument("--stats", help="normalization stats .npz (default: stats.npz in or beside the checkpoint directory)")
     p.add_argument("--init-time", required=True, nargs="+",
                    help="initial time(s), e.g. 2020-06-01T00 (several: .zarr/.nc output, on its time dim)")
     p.add_argument("--steps", type=int, default=10)
@@ -25,6 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="output path ending in .npz, .zarr or .nc")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def default_stats_path(checkpoint: str | None) -> Path | None:
+    """Stats beside a model: ``MODEL/stats.npz``, or the training workdir's ``stats.npz``."""
+    if not checkpoint:
+        return None
+    for candidate in (Path(checkpoint) / "stats.npz", Path(checkpoint).parent / "stats.npz"):
+        if candidate.exists():
+            return candidate
+    return None
 
 
 def load_for_forecast(checkpoint: str | None, variant: str | None, random_weights: bool, seed: int = 0):
@@ -64,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from mosaic_jax.forecast import run_forecast
 
     cfg, params = load_for_forecast(args.checkpoint, args.variant, args.random_weights, args.seed)
-    stats_path = args.stats or (Path(args.checkpoint) / "stats.npz" if args.checkpoint else None)
+    stats_path = args.stats or default_stats_path(args.checkpoint)
     if stats_path is None or not Path(stats_path).exists():
         raise FileNotFoundError(f"normalization statistics not found ({stats_path}); pass --stats "
                                 "(e.g. the release's norm_stats_era5.npz, or one written by 'mosaic-jax stats')")
