@@ -8,9 +8,6 @@ Training checkpoints (optimizer state, data iterator) live in ``mosaic_jax.train
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mosaic_jax.atomic import atomic_path
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.model import param_shapes
 
@@ -31,19 +29,11 @@ def save_model(path: str | Path, params: Any, cfg: ModelConfig, *, metadata: dic
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (pass overwrite=True or --overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_path(path) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, jax.tree_util.tree_map(np.asarray, params))
             ckptr.wait_until_finished()
         (tmp / CONFIG_FILE).write_text(json.dumps({"model_config": cfg.to_dict(), **(metadata or {})}, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -10,7 +10,6 @@ Writers then export the buffer as the published ``.npz`` layout or as WeatherBen
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import tempfile
 import time
@@ -23,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mosaic_jax import variables
+from mosaic_jax.atomic import atomic_path
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.data import NormStats, WeatherStore, day_year_progress
 from mosaic_jax.sampler import EnsembleSampler, member_keys
@@ -195,9 +195,7 @@ def to_dataset(forecasts: np.ndarray, channels: tuple[str, ...], lead_hours: np.
 def write_forecast(output: Path, forecasts: np.ndarray, channels: tuple[str, ...], lead_hours: np.ndarray,
                    init_times: Sequence[Any], longitude: np.ndarray, latitude: np.ndarray) -> Path:
     """Write ``forecasts`` (init, member, step, lon, lat, C) atomically: temporary sibling, then rename."""
-    output = output.absolute()
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(output) as tmp:
         if output.suffix == ".npz":
             with open(tmp, "wb") as f:  # np.savez streams a memmap in buffered chunks
                 np.savez(f, forecasts=forecasts[0], variables=np.asarray(channels), lead_time_hours=lead_hours,
@@ -209,12 +207,4 @@ def write_forecast(output: Path, forecasts: np.ndarray, channels: tuple[str, ...
                 ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=2)  # as WeatherBench2 stores
             else:
                 ds.to_netcdf(tmp, engine="h5netcdf")
-        if output.is_dir():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-    return output
+    return output.absolute()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mosaic_jax import variables
+from mosaic_jax.atomic import atomic_path
 from mosaic_jax.data.timefeatures import to_datetime64
 
 R_DRY = 287.05        # J/(kg K)
@@ -458,10 +458,7 @@ def make_demo_data(out_path: str | os.PathLike, *, resolution_deg: float = 7.5, 
                    "random fields with realistic climatology; not observations"),
     })
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_path(out) as tmp:
         ds.to_zarr(tmp, mode="w-", zarr_format=2, consolidated=True, compute=False, encoding=encoding)
         group = zarr.open_group(str(tmp), mode="r+", zarr_format=2)
         arrays = {name: group[name] for name in variables.SURFACE_VARIABLES + variables.ATMOSPHERIC_VARIABLES}
@@ -478,10 +475,4 @@ def make_demo_data(out_path: str | os.PathLike, *, resolution_deg: float = 7.5, 
         if bar is not None:
             bar.close()
         zarr.consolidate_metadata(str(tmp), zarr_format=2)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

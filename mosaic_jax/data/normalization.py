@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mosaic_jax.atomic import atomic_path
 from mosaic_jax.data.timefeatures import format_time, to_datetime64
 
 KEYS = ("state_mean", "state_std", "residual_mean", "residual_std")
@@ -72,19 +72,12 @@ class NormStats:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
                 np.savez(f, **{k: getattr(self, k) for k in self.keys})
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return Path(path).absolute()
 
     def _check(self, x: np.ndarray) -> None:
         if x.shape[-1] != self.num_channels:

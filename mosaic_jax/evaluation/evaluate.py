@@ -18,8 +18,6 @@ Outputs (in ``out_dir``, each written to a temporary name and renamed):
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import pandas as pd
 import xarray as xr
 
 from mosaic_jax import variables as mv
+from mosaic_jax.atomic import atomic_write
 from mosaic_jax.evaluation import baselines, metrics, spectra, stores
 from mosaic_jax.evaluation.climatology import StoreClimatology, TruthClimatology
 
@@ -56,24 +55,6 @@ def headline_label(channel: str) -> str | None:
         if ch == channel:
             return label
     return None
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @dataclasses.dataclass(frozen=True)

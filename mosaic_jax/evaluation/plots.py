@@ -14,7 +14,8 @@ import xarray as xr
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from mosaic_jax.evaluation.evaluate import HEADLINE, SCORECARD_LEADS, atomic_write, headline_label
+from mosaic_jax.atomic import atomic_write
+from mosaic_jax.evaluation.evaluate import HEADLINE, SCORECARD_LEADS, headline_label
 
 _STYLE = {"persistence": dict(color="tab:gray", ls="--"), "climatology": dict(color="tab:olive", ls=":")}
 
