@@ -103,8 +103,17 @@ class ModelConfig:
     """Architecture plus the data contract (channels, statics, history, time step).
 
     ``step_hours`` is the model time step; history states are ``history_spacing_hours``
-    apart. Per step the day progress advances by ``step_hours/24`` and the year progress
-    by ``step_hours/24/365.25`` (SPEC.md: stride/4 and stride/365.25 with stride in 6 h).
+    apart. In a rollout the day progress advances by ``stride/4`` and the year progress by
+    ``stride/365.25`` per step, stride in 6 h units (SPEC.md; see ``sampler.advance_progress``).
+
+    ``residual`` is not part of the published model (which predicts the next state directly):
+    when set, the output head predicts the increment over the latest history state and starts
+    near zero, so a from-scratch model starts at persistence. Small training budgets (the CPU
+    demo) need it; published checkpoints are loaded with it off. ``residual_scale`` (one
+    factor per channel, ``residual_std / state_std``; ``train`` fills it from the statistics
+    when empty) multiplies the head's output, so the head predicts each channel's change in
+    units of its typical one-step change, as GraphCast does: a change 50x smaller than the
+    state's spread is otherwise lost in the optimizer's step noise.
     """
 
     stages: tuple[StageConfig, ...]
@@ -119,6 +128,8 @@ class ModelConfig:
     static_variables: tuple[str, ...] = variables.STATIC_VARIABLES
     step_hours: int = 24
     history_spacing_hours: int = 24
+    residual: bool = False
+    residual_scale: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         # Accept lists/dicts (from JSON) and normalise to tuples of dataclasses.
@@ -129,6 +140,7 @@ class ModelConfig:
         object.__setattr__(self, "bottleneck", bottleneck)
         object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "static_variables", tuple(self.static_variables))
+        object.__setattr__(self, "residual_scale", tuple(float(v) for v in self.residual_scale))
         require(len(stages) >= 1, "stages", "at least one stage is required")
         levels = [s.nside for s in stages] + [bottleneck.nside]
         for i in range(len(levels) - 1):
@@ -146,6 +158,12 @@ class ModelConfig:
         require(self.step_hours > 0 and self.step_hours % 6 == 0, "step_hours",
                  f"must be a positive multiple of 6, got {self.step_hours}")
         require(self.history_spacing_hours > 0, "history_spacing_hours", "must be positive")
+        if self.residual_scale:
+            require(self.residual, "residual_scale", "only applies with residual=True")
+            require(len(self.residual_scale) == len(self.channels), "residual_scale",
+                     f"needs one factor per channel ({len(self.channels)}), got {len(self.residual_scale)}")
+            require(all(math.isfinite(v) and v > 0 for v in self.residual_scale), "residual_scale",
+                     "factors must be positive and finite")
 
     # ---- derived sizes -------------------------------------------------------------
     @property
@@ -241,7 +259,7 @@ def _demo() -> ModelConfig:
     stage1, stage2 = tiny.stages
     return dataclasses.replace(tiny, stages=(dataclasses.replace(stage1, encoder_depth=1),
                                              dataclasses.replace(stage2, block_attn_size=48)),
-                               step_hours=6, history_spacing_hours=6)
+                               step_hours=6, history_spacing_hours=6, residual=True)
 
 
 PRESETS = {

@@ -72,7 +72,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings = DemoSettings(), *, pr
                      compute_dtype="float32", remat=False, eval_every=s.eval_every, eval_batches=2,
                      checkpoint_every=max(s.train_steps // 3, 1), log_every=10, train_start=s.data_start,
                      train_end=s.train_end, val_start=s.val_start, val_end=s.val_end, seed=s.seed,
-                     attention_impl="xla")
+                     attention_impl="xla", loss_normalization="residual")
     metrics = train(s.model, tc, store_path, workdir, progress=progress)
     cfg, params = load_trained_model(workdir)
     stats = NormStats.load(workdir / "stats.npz")

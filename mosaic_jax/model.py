@@ -59,7 +59,8 @@ class Mosaic(nn.Module):
         self.upsample_layers = [Upsample(lo.nside, lo.dim, hi.dim, dtype=dt)
                                 for hi, lo in reversed(list(zip(levels[:-1], levels[1:])))]
         self.postprocess_hidden = Linear(top.dim, top.dim, dtype=dt)
-        self.postprocess_out = Linear(top.dim, c.num_channels, dtype=dt)
+        # a residual head starts small, so the untrained model is persistence plus a little noise
+        self.postprocess_out = Linear(top.dim, c.num_channels, small=c.residual, dtype=dt)
 
     def input_features(self, x: jax.Array, day_year: jax.Array, static: jax.Array) -> jax.Array:
         """Per-point features (B, P, C*T + S + 3 + 4): states t-major, statics + xyz, time."""
@@ -84,7 +85,8 @@ class Mosaic(nn.Module):
           eps: raw standard-normal noise per member (B, noise_dim).
           static: static fields (lon, lat, S) in physical units (standardized here).
         Returns:
-          the next normalized state (B, lon, lat, C), float32.
+          the next normalized state (B, lon, lat, C), float32 (the head's output, or with
+          ``cfg.residual`` the latest history state plus the head's output times ``residual_scale``).
         """
         c, dt = self.cfg, self.dtype
         expected = (c.num_history_steps, c.n_lon, c.n_lat, c.num_channels)
@@ -107,7 +109,12 @@ class Mosaic(nn.Module):
             h = stage(up(h, skip), z)
         h = self.interp_to_ll(rms_norm(h, dt))
         h = self.postprocess_out(nn.silu(self.postprocess_hidden(rms_norm(h, dt))))
-        return h.astype(jnp.float32).reshape(b, c.n_lon, c.n_lat, c.num_channels)
+        y = h.astype(jnp.float32).reshape(b, c.n_lon, c.n_lat, c.num_channels)
+        if not c.residual:
+            return y
+        if c.residual_scale:
+            y = y * jnp.asarray(c.residual_scale, jnp.float32)
+        return x[:, -1].astype(jnp.float32) + y
 
 
 def dummy_inputs(cfg: ModelConfig, batch: int = 1) -> tuple[jax.ShapeDtypeStruct, ...]:

@@ -83,14 +83,15 @@ def test_spectra_fall_off_like_the_atmosphere(states):
         f = states[:, :, rows, variables.CHANNELS.index(name)]
         f = f - f.mean(axis=1, keepdims=True)
         power = (np.abs(np.fft.rfft(f, axis=1)) ** 2).mean(axis=(0, 2))
-        k = np.arange(4, 17)
+        k = np.arange(3, 11)  # synoptic scales; nearer the grid scale the spectra taper like regridded ERA5
         slope = np.polyfit(np.log(k), np.log(power[k]), 1)[0]
         assert lo < slope < hi, (name, slope)
 
 
 def test_a_local_linear_model_beats_persistence(states):
     """6 h ahead, per channel and latitude: least squares on the 5 zonal neighbours at t and t-6h,
-    fitted on the first 30 days, scored on the last 10. Persistence must lose everywhere."""
+    fitted on the first 30 days, scored on the last 10. Persistence must lose everywhere, and by a
+    wide margin on most channels (the demo model has to find this skill in a few CPU minutes)."""
     n_train = 120
     ratios = []
     for c in range(states.shape[-1]):
@@ -104,7 +105,7 @@ def test_a_local_linear_model_beats_persistence(states):
         err_persist = np.sum((f[1:-1][n_train:] - y[n_train:]) ** 2)
         ratios.append(err_model / err_persist)
     ratios = np.array(ratios)
-    assert ratios.max() < 0.98 and np.median(ratios) < 0.92, ratios
+    assert ratios.max() < 0.95 and np.median(ratios) < 0.6, ratios
 
 
 def test_levels_are_independent_of_the_level_set(tmp_path):

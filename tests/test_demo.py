@@ -36,3 +36,10 @@ def test_demo_pipeline_end_to_end(tmp_path):
     rows = skill_vs_persistence(ev["scorecard_csv"], 24)
     assert {r[0] for r in rows} >= {"Z500", "T850", "T2M"}
     assert all(np.isfinite(m) and np.isfinite(p) and p > 0 for _, m, p in rows)
+    # the residual demo model's output scale comes from the run's own statistics
+    from mosaic_jax.data import NormStats
+    from mosaic_jax.training import load_trained_model
+
+    cfg, _ = load_trained_model(result["workdir"])
+    stats = NormStats.load(result["workdir"] / "stats.npz")
+    np.testing.assert_allclose(cfg.residual_scale, stats.residual_std / stats.state_std, rtol=1e-12)

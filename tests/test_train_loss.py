@@ -148,3 +148,40 @@ def test_nonfinite_step_is_skipped() -> None:
     before, after = (jax.tree_util.tree_leaves(s["opt_state"]) for s in (after_bad2, after_good))
     changed = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(before, after)]
     assert any(changed)
+
+
+def test_residual_loss_normalization_is_crps_of_the_change_in_its_own_units() -> None:
+    """With ``channel_scale = state_std / residual_std`` and uniform channel weights, the weighted
+    loss on state-normalized fields equals (up to the mean-1 normalisation of the weights) the
+    plain CRPS of fields normalized by the one-step change's std: CRPS scales with its argument."""
+    from mosaic_jax.data import NormStats
+    from mosaic_jax.training.loss import residual_channel_scale
+
+    rng = np.random.default_rng(7)
+    state_std = rng.uniform(1.0, 50.0, 4)
+    residual_std = state_std * rng.uniform(0.02, 1.0, 4)
+    stats = NormStats(np.zeros(4), state_std, np.zeros(4), residual_std)
+    lat = np.linspace(-90, 90, 5)
+    channels = ["2m_temperature", "10m_u_component_of_wind", "10m_v_component_of_wind", "mean_sea_level_pressure"]
+    scale = residual_channel_scale(stats)
+    w = loss_weights(lat, channels, channel_scale=scale)
+    phys_x = rng.standard_normal((3, 6, 5, 4)) * residual_std
+    phys_y = rng.standard_normal((6, 5, 4)) * residual_std
+    loss, _ = crps_loss(jnp.asarray(phys_x / state_std, jnp.float32), jnp.asarray(phys_y / state_std, jnp.float32),
+                        alpha=0.95, weights=w)
+    ref = afcrps_reference(phys_x / residual_std, phys_y / residual_std, 0.95) * latitude_weights(lat)[None, :, None]
+    np.testing.assert_allclose(float(loss) * np.mean(scale), ref.mean(), rtol=1e-5)
+
+
+def test_residual_loss_normalization_needs_residual_statistics() -> None:
+    from mosaic_jax.config import get_config
+    from mosaic_jax.data import NormStats
+    from mosaic_jax.training.train_step import build_step_fns
+
+    cfg = get_config("tiny")
+    tc = TrainConfig(loss_normalization="residual", total_steps=10, warmup_steps=0)
+    state_only = NormStats(np.zeros(cfg.num_channels), np.ones(cfg.num_channels))
+    with pytest.raises(ValueError, match="residual_std"):
+        build_step_fns(cfg, tc, None, state_only)
+    with pytest.raises(ValueError, match="loss_normalization"):
+        TrainConfig(loss_normalization="physical")

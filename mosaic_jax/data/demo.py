@@ -51,18 +51,22 @@ ATTRS: dict[str, dict[str, str]] = {
 
 # latent fields: name -> (spectral slope of E(l), memory in days, steering level in hPa)
 LATENTS: dict[str, tuple[float, float, float]] = {
-    "psi_upper": (-5.0, 30.0, 500.0),
-    "psi_lower": (-5.0, 25.0, 850.0),
-    "theta_upper": (-3.0, 15.0, 500.0),
-    "theta_lower": (-3.0, 12.0, 850.0),
-    "moisture": (-2.5, 12.0, 850.0),
+    "psi_upper": (-5.0, 120.0, 500.0),
+    "psi_lower": (-5.0, 100.0, 850.0),
+    "theta_upper": (-3.0, 60.0, 500.0),
+    "theta_lower": (-3.0, 50.0, 850.0),
+    "moisture": (-2.5, 30.0, 850.0),
     "ascent": (-5.0 / 3.0, 1.5, 500.0),
-    "surface": (-3.0, 4.0, 850.0),
+    "surface": (-3.0, 15.0, 850.0),
 }
 # weather systems move slower than the wind at their steering level (Rossby waves drift west
-# relative to the flow): ~10 m/s in mid-latitudes
-_STEERING_FACTOR = 0.45
-_SPECTRAL_PEAK = 6.0  # below this total wavenumber the spectra rise (the atmosphere's do too)
+# relative to the flow)
+_STEERING_FACTOR = 0.8
+_SPECTRAL_PEAK = 10.0  # below this total wavenumber the spectra rise (the atmosphere's do too)
+# energy tapers off as exp(-(l / (taper * lmax))^2) towards the grid scale, as in a field
+# conservatively regridded from a finer one (WeatherBench2's coarse ERA5 grids hold little
+# energy at their last wavenumbers), so a 6 h change is not dominated by grid-scale noise
+_GRID_TAPER = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +118,10 @@ class _SphereNoise:
 
     def spectrum(self, slope: float) -> np.ndarray:
         """Angular power ``C_l`` for energy ``E(l) = (2l+1) C_l`` rising as ``l`` to the peak,
-        then falling as ``l^slope``; normalised to unit point variance."""
+        then falling as ``l^slope``, tapered near the grid scale; normalised to unit point variance."""
         ell = np.arange(self.lmax + 1, dtype=np.float64)
         energy = ell / (1.0 + (ell / _SPECTRAL_PEAK) ** 2) ** ((1.0 - slope) / 2.0)
+        energy *= np.exp(-((ell / (_GRID_TAPER * self.lmax)) ** 2))
         c = energy / (2 * ell + 1)
         return c / np.sum(c * (2 * ell + 1) / (4 * np.pi))
 

@@ -15,6 +15,7 @@ from mosaic_jax.config import require
 
 COMPUTE_DTYPES = ("bfloat16", "float32")
 LEVEL_WEIGHTINGS = ("pressure", "uniform")
+LOSS_NORMALIZATIONS = ("state", "residual")
 
 
 
@@ -45,6 +46,12 @@ class TrainConfig:
         channel (``temperature_850``) or a surface field; unlisted ones weigh 1.
       level_weighting: ``pressure`` (weight proportional to the level's pressure, mean 1 over the
         variable's levels, as GraphCast/AIFS) or ``uniform``.
+      loss_normalization: ``state``: the CRPS of variables normalized by their state std (as the
+        model sees them). ``residual``: each channel's CRPS is further scaled by
+        ``state_std / residual_std`` (the std of its one-step change), so a channel counts by how
+        well its *change* is predicted, as GraphCast normalizes its targets. Slowly changing fields
+        (geopotential, temperature) otherwise weigh almost nothing against noisy ones (vertical
+        velocity) over a single step. Needs statistics with the residual pair.
       mesh_data, mesh_ensemble, mesh_fsdp: device mesh shape; -1 in ``mesh_data`` takes the
         devices left over. Initial conditions split over data x fsdp, members over ensemble,
         parameters and optimizer state over fsdp.
@@ -79,6 +86,7 @@ class TrainConfig:
     crps_alpha: float = 0.95
     variable_weights: tuple[tuple[str, float], ...] = ()
     level_weighting: str = "pressure"
+    loss_normalization: str = "state"
     mesh_data: int = -1
     mesh_ensemble: int = 1
     mesh_fsdp: int = 1
@@ -121,6 +129,8 @@ class TrainConfig:
         require(all(w >= 0 for _, w in vw), "variable_weights", "weights must be >= 0")
         require(self.level_weighting in LEVEL_WEIGHTINGS, "level_weighting",
                  f"must be one of {LEVEL_WEIGHTINGS}, got {self.level_weighting!r}")
+        require(self.loss_normalization in LOSS_NORMALIZATIONS, "loss_normalization",
+                 f"must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}")
         require(self.mesh_data == -1 or self.mesh_data >= 1, "mesh_data", "must be >= 1 or -1 (all the rest)")
         require(self.mesh_ensemble >= 1, "mesh_ensemble", "must be >= 1")
         require(self.mesh_fsdp >= 1, "mesh_fsdp", "must be >= 1")

@@ -16,6 +16,7 @@ Workdir layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import threading
@@ -219,6 +220,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_path: str | Path,
                          grid=(cfg.n_lon, cfg.n_lat))
     train_period, val_period = split_periods(store.times, cfg, tc)
     stats = _stats(store, workdir, stats_path, train_period, cfg.step_hours)
+    if cfg.residual and not cfg.residual_scale:
+        if stats.residual_std is None:
+            raise ValueError("a residual model needs normalization statistics with residual_std to scale its output")
+        cfg = dataclasses.replace(cfg, residual_scale=tuple(np.asarray(stats.residual_std / stats.state_std).tolist()))
     window = dict(num_history_steps=cfg.num_history_steps, history_spacing_hours=cfg.history_spacing_hours,
                   step_hours=cfg.step_hours, num_targets=tc.rollout_steps)
     train_src = TrainingSource(store, stats, start=train_period[0], end=train_period[1], **window)
@@ -236,7 +241,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_path: str | Path,
     if tc.ensemble_members % mesh.shape[shd.ENSEMBLE]:
         raise ValueError(f"ensemble_members={tc.ensemble_members} is not divisible by the ensemble mesh axis "
                          f"({mesh.shape[shd.ENSEMBLE]})")
-    fns = build_step_fns(cfg, tc, mesh)
+    fns = build_step_fns(cfg, tc, mesh, stats)
     key0 = jax.random.PRNGKey(tc.seed)
     abstract_state = jax.eval_shape(lambda k: init_state(cfg, tc, fns.tx, k), key0)
     state_sh = shd.state_shardings(mesh, abstract_state, min_size=tc.fsdp_min_size)

@@ -78,12 +78,31 @@ def channel_weights(channels: Sequence[str], *, variable_weights: Mapping[str, f
 
 
 def loss_weights(latitudes: Sequence[float], channels: Sequence[str], *,
-                 variable_weights: Mapping[str, float] | Sequence = (), level_weighting: str = "pressure"
-                 ) -> np.ndarray:
-    """``(lat, C)`` float32 weights broadcasting against ``(..., lon, lat, C)`` fields."""
+                 variable_weights: Mapping[str, float] | Sequence = (), level_weighting: str = "pressure",
+                 channel_scale: Sequence[float] | None = None) -> np.ndarray:
+    """``(lat, C)`` float32 weights broadcasting against ``(..., lon, lat, C)`` fields.
+
+    ``channel_scale`` (C,) multiplies the channel weights before they are normalised to mean 1
+    (``residual_channel_scale`` gives the one for residual-normalized losses).
+    """
     lat_w = latitude_weights(latitudes)
     ch_w = channel_weights(channels, variable_weights=variable_weights, level_weighting=level_weighting)
+    if channel_scale is not None:
+        scale = np.asarray(channel_scale, np.float64)
+        if scale.shape != ch_w.shape or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ValueError(f"channel_scale: expected {ch_w.shape[0]} positive finite values, got shape {scale.shape}")
+        ch_w = ch_w * scale
+        ch_w = ch_w / ch_w.mean()
     return (lat_w[:, None] * ch_w[None, :]).astype(np.float32)
+
+
+def residual_channel_scale(stats: Any) -> np.ndarray:
+    """``state_std / residual_std`` per channel: CRPS in state-normalized units times this is the
+    CRPS in units of each channel's one-step change (CRPS scales with its argument)."""
+    if stats is None or stats.residual_std is None:
+        raise ValueError("loss_normalization='residual' needs normalization statistics with residual_mean and "
+                         "residual_std (mosaic-jax stats computes them; the published hres file has none)")
+    return np.asarray(stats.state_std, np.float64) / np.asarray(stats.residual_std, np.float64)
 
 
 def crps_pointwise(pred: jax.Array, target: jax.Array, *, alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:

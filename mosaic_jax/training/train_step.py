@@ -183,15 +183,18 @@ class StepFns:
                 "crps": jnp.mean(fair[-1]), "rmse": jnp.mean(jnp.sqrt(mse[-1]))}
 
 
-def build_step_fns(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh | None) -> StepFns:
-    from mosaic_jax.training.loss import latitude_weights, loss_weights
+def build_step_fns(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh | None, stats: Any = None) -> StepFns:
+    """The jitted step functions' ingredients; ``stats`` (``NormStats``) is needed only for
+    ``tc.loss_normalization == 'residual'``."""
+    from mosaic_jax.training.loss import latitude_weights, loss_weights, residual_channel_scale
 
     if tc.rollout_steps > 1 and cfg.history_spacing_hours != cfg.step_hours:
         raise ValueError(f"rollout_steps: a rollout of {tc.rollout_steps} steps feeds predictions back as history, "
                          f"which needs history_spacing_hours ({cfg.history_spacing_hours}) == step_hours "
                          f"({cfg.step_hours})")
+    scale = residual_channel_scale(stats) if tc.loss_normalization == "residual" else None
     lw = jnp.asarray(loss_weights(cfg.latitudes, cfg.channels, variable_weights=tc.variable_weights,
-                                  level_weighting=tc.level_weighting))
+                                  level_weighting=tc.level_weighting, channel_scale=scale))
     latw = jnp.asarray(latitude_weights(cfg.latitudes), jnp.float32)
     return StepFns(cfg=cfg, tc=tc, mesh=mesh, loss_weights=lw, lat_weights=latw, tx=make_optimizer(tc))
 
