@@ -114,6 +114,11 @@ class ModelConfig:
     when empty) multiplies the head's output, so the head predicts each channel's change in
     units of its typical one-step change, as GraphCast does: a change 50x smaller than the
     state's spread is otherwise lost in the optimizer's step noise.
+
+    ``local_time_features`` (not in the published model either) adds each point's local solar
+    time, ``sin/cos 2 pi (day_progress + lon/360)``, to the inputs, as GraphCast does: the
+    diurnal cycle is then a function of one feature instead of a product the network must
+    discover from the global time and the position.
     """
 
     stages: tuple[StageConfig, ...]
@@ -130,6 +135,7 @@ class ModelConfig:
     history_spacing_hours: int = 24
     residual: bool = False
     residual_scale: tuple[float, ...] = ()
+    local_time_features: bool = False
 
     def __post_init__(self) -> None:
         # Accept lists/dicts (from JSON) and normalise to tuples of dataclasses.
@@ -176,8 +182,8 @@ class ModelConfig:
 
     @property
     def feature_dim(self) -> int:
-        """Per-point input width: T states, static + xyz columns, 4 time features."""
-        return self.num_channels * self.num_history_steps + self.num_static + 3 + 4
+        """Per-point input width: T states, static + xyz columns, 4 time features (+ 2 local time)."""
+        return self.num_channels * self.num_history_steps + self.num_static + 3 + 4 + 2 * self.local_time_features
 
     @property
     def latitudes(self) -> tuple[float, ...]:
@@ -259,7 +265,8 @@ def _demo() -> ModelConfig:
     stage1, stage2 = tiny.stages
     return dataclasses.replace(tiny, stages=(dataclasses.replace(stage1, encoder_depth=1),
                                              dataclasses.replace(stage2, block_attn_size=48)),
-                               step_hours=6, history_spacing_hours=6, residual=True)
+                               step_hours=6, history_spacing_hours=6, residual=True,
+                               local_time_features=True)
 
 
 PRESETS = {

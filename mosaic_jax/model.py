@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mosaic_jax import grids
 from mosaic_jax.config import ModelConfig
@@ -63,7 +64,8 @@ class Mosaic(nn.Module):
         self.postprocess_out = Linear(top.dim, c.num_channels, small=c.residual, dtype=dt)
 
     def input_features(self, x: jax.Array, day_year: jax.Array, static: jax.Array) -> jax.Array:
-        """Per-point features (B, P, C*T + S + 3 + 4): states t-major, statics + xyz, time."""
+        """Per-point features (B, P, C*T + S + 3 + 4 [+ 2]): states t-major, statics + xyz, time
+        [, local solar time]."""
         c = self.cfg
         b = x.shape[0]
         p = c.n_lon * c.n_lat
@@ -72,9 +74,12 @@ class Mosaic(nn.Module):
             [standardize_static(static.reshape(p, c.num_static)), jnp.asarray(grids.grid_xyz_standardized(
                 c.n_lon, c.n_lat))], axis=-1)
         t = jnp.broadcast_to(time_features(day_year)[:, None, :], (b, p, 4))
-        return jnp.concatenate(
-            [states.astype(jnp.float32), jnp.broadcast_to(static_cols[None], (b, p, static_cols.shape[-1])), t],
-            axis=-1)
+        cols = [states.astype(jnp.float32), jnp.broadcast_to(static_cols[None], (b, p, static_cols.shape[-1])), t]
+        if c.local_time_features:  # points are lon-major: point i sits at longitude i // n_lat
+            lon = jnp.asarray(np.repeat(np.asarray(c.longitudes), c.n_lat) / 360.0, jnp.float32)
+            ang = 2.0 * np.pi * (day_year[:, :1].astype(jnp.float32) + lon[None, :])  # (B, P)
+            cols.append(jnp.stack([jnp.sin(ang), jnp.cos(ang)], axis=-1))
+        return jnp.concatenate(cols, axis=-1)
 
     def __call__(self, x: jax.Array, day_year: jax.Array, eps: jax.Array, static: jax.Array) -> jax.Array:
         """One step.

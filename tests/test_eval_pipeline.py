@@ -166,6 +166,7 @@ def test_outputs_written(result: dict) -> None:
     row = table[(table["variable"] == "Z500") & (table["lead_hours"] == 24)].iloc[0]
     assert row["rmse"] < row["rmse_persistence"]
     assert np.isnan(table[table["lead_hours"] == 240]["rmse"]).all()  # not in this forecast
+    assert sorted(set(table["lead_hours"])) == [6, 24, 72, 120, 240]  # the first lead comes first
     md = Path(result["scorecard_md"]).read_text()
     assert "| Z500 | geopotential_500 | 24 |" in md and "sqrt((M+1)/M)" in md
     assert not list(Path(result["netcdf"]).parent.glob(".*tmp"))  # atomic writes leave no temp file

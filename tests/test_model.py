@@ -70,3 +70,23 @@ def test_residual_scale_is_validated(changes, message):
         changes["residual_scale"] = (fill,) * base.num_channels
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(base, **changes)
+
+
+def test_local_time_features_follow_the_sun():
+    """Local solar time: at 12 UTC the Greenwich column reads noon (angle pi); a point k
+    columns east at d - k/n_lon reads what the point at d reads; and the published layout
+    (without the option) is the same features minus the last two columns."""
+    base = get_config("tiny")
+    cfg = dataclasses.replace(base, local_time_features=True)
+    x, _, _, static = _inputs(cfg, batch=1)
+    def feats(c, d):
+        return np.asarray(Mosaic(c, attention_impl="xla").apply(
+            {}, x, jnp.asarray([[d, 0.3]], jnp.float32), static, method=Mosaic.input_features))[0]
+
+    noon = feats(cfg, 0.5).reshape(cfg.n_lon, cfg.n_lat, -1)
+    assert noon.shape[-1] == cfg.feature_dim == base.feature_dim + 2
+    np.testing.assert_allclose(noon[0, :, -2:], np.tile([0.0, -1.0], (cfg.n_lat, 1)), atol=1e-6)
+    k = 5
+    east = feats(cfg, 0.5 - k / cfg.n_lon).reshape(cfg.n_lon, cfg.n_lat, -1)
+    np.testing.assert_allclose(east[k, :, -2:], noon[0, :, -2:], atol=1e-5)
+    np.testing.assert_array_equal(feats(base, 0.5), noon.reshape(-1, cfg.feature_dim)[:, :-2])

@@ -1,4 +1,5 @@
-"""Headline scorecard (Z500, T850, T2M, U10, V10, Q700, MSLP at 24/72/120/240 h).
+"""Headline scorecard (Z500, T850, T2M, U10, V10, Q700, MSLP at 24/72/120/240 h, and at the
+forecast's first lead when that is shorter, e.g. +6 h for a 6-hourly model).
 
 One row per (variable, lead); lead times the forecast does not reach are kept with NaN
 (shown as ``n/a``), so scorecards of different runs line up.
@@ -25,6 +26,12 @@ def small_scale_ratio(ds: xr.Dataset, source: str) -> xr.DataArray:
     return spec.sel(source=source) / spec.sel(source="truth")
 
 
+def scorecard_leads(lead_hours: np.ndarray) -> tuple[float, ...]:
+    """``SCORECARD_LEADS``, preceded by the first forecast lead when it comes before them."""
+    first = float(np.min(lead_hours)) if np.size(lead_hours) else float("inf")
+    return ((first,) if first < SCORECARD_LEADS[0] else ()) + tuple(float(h) for h in SCORECARD_LEADS)
+
+
 def scorecard_table(ds: xr.Dataset, model: str) -> pd.DataFrame:
     """The scorecard as a wide table: one row per headline channel and scorecard lead."""
     rows = []
@@ -33,7 +40,7 @@ def scorecard_table(ds: xr.Dataset, model: str) -> pd.DataFrame:
     for label, ch in HEADLINE.items():
         if ch not in ds["channel"].values:
             continue
-        for lead in SCORECARD_LEADS:
+        for lead in scorecard_leads(ds["lead_hours"].values):
             hit = np.flatnonzero(np.isclose(ds["lead_hours"].values, lead))
 
             def get(name: str, m: str | None = None, _hit=hit, _ch=ch) -> float:
