@@ -28,7 +28,7 @@ class DemoSettings:
     train_end: str = "2020-10-31T18:00"
     val_start: str = "2020-11-01"
     val_end: str = "2020-11-30T18:00"
-    train_steps: int = 3500
+    train_steps: int = 3000
     batch_size: int = 2
     ensemble_members: int = 2
     learning_rate: float = 1e-3
