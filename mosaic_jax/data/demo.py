@@ -4,9 +4,11 @@ Why synthetic and not noise: a new user must be able to train a model that beats
 persistence without downloading anything, so the fields carry learnable physics.
 Seven latent anomaly fields (upper/lower streamfunction, upper/lower temperature,
 moisture, vertical motion, surface) are isotropic random fields on the sphere with
-atmospheric spectra (energy ~ l^-3 beyond l~6, by spherical harmonic synthesis). Each
-6 h step advects them by a sheared zonal jet (an exact per-latitude shift in longitude),
-damps them and adds fresh noise (AR(1), memory of days). Channels are a zonal, seasonal,
+atmospheric spectra (energy ~ l^-3 to l^-5 beyond l~10, tapered towards the grid scale as
+in coarse regridded ERA5; by spherical harmonic synthesis). Each 6 h step advects them by a
+sheared zonal jet (an exact per-latitude shift in longitude), damps them and adds fresh noise
+(AR(1), memories of weeks to months except vertical motion's 1.5 days), so a 6 h change is
+mostly predictable motion, as in the atmosphere, and persistence is a baseline to beat. Channels are a zonal, seasonal,
 diurnal climatology (hypsometric geopotential, lapse-rate temperature, Clausius-Clapeyron
 humidity, jets, Hadley cell) plus level-dependent mixes of the latents and their
 derivatives (winds from streamfunction gradients), so variables and levels are coupled
