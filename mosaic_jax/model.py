@@ -75,8 +75,8 @@ class Mosaic(nn.Module):
                 c.n_lon, c.n_lat))], axis=-1)
         t = jnp.broadcast_to(time_features(day_year)[:, None, :], (b, p, 4))
         cols = [states.astype(jnp.float32), jnp.broadcast_to(static_cols[None], (b, p, static_cols.shape[-1])), t]
-        if c.local_time_features:  # points are lon-major: point i sits at longitude i // n_lat
-            lon = jnp.asarray(np.repeat(np.asarray(c.longitudes), c.n_lat) / 360.0, jnp.float32)
+        if c.local_time_features:
+            lon = jnp.asarray(grids.latlon_points(c.n_lon, c.n_lat)[0] / 360.0, jnp.float32)  # (P,) in turns
             ang = 2.0 * np.pi * (day_year[:, :1].astype(jnp.float32) + lon[None, :])  # (B, P)
             cols.append(jnp.stack([jnp.sin(ang), jnp.cos(ang)], axis=-1))
         return jnp.concatenate(cols, axis=-1)

@@ -8,8 +8,8 @@ atmospheric spectra (energy ~ l^-3 to l^-5 beyond l~10, tapered towards the grid
 in coarse regridded ERA5; by spherical harmonic synthesis). Each 6 h step advects them by a
 sheared zonal jet (an exact per-latitude shift in longitude), damps them and adds fresh noise
 (AR(1), memories of weeks to months except vertical motion's 1.5 days), so a 6 h change is
-mostly predictable motion, as in the atmosphere, and persistence is a baseline to beat. Channels are a zonal, seasonal,
-diurnal climatology (hypsometric geopotential, lapse-rate temperature, Clausius-Clapeyron
+mostly predictable motion, as in the atmosphere, and persistence is a baseline to beat.
+Channels are a zonal, seasonal, diurnal climatology (hypsometric geopotential, lapse-rate temperature, Clausius-Clapeyron
 humidity, jets, Hadley cell) plus level-dependent mixes of the latents and their
 derivatives (winds from streamfunction gradients), so variables and levels are coupled
 the way a model can learn from. Static fields (land-sea mask, orography, soil type) are

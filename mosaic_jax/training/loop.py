@@ -33,6 +33,7 @@ from mosaic_jax.training import distributed
 from mosaic_jax.training import sharding as shd
 from mosaic_jax.training.checkpointing import Checkpointer, abstract_with_shardings
 from mosaic_jax.training.config import TrainConfig
+from mosaic_jax.training.loss import residual_channel_scale
 from mosaic_jax.training.metrics import Throughput, Writer, compiled_flops, format_postfix, memory_summary, \
     peak_flops_per_device
 from mosaic_jax.training.train_step import BATCH_KEYS, abstract_batch, build_step_fns, fresh_state, init_state, \
@@ -220,10 +221,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_path: str | Path,
                          grid=(cfg.n_lon, cfg.n_lat))
     train_period, val_period = split_periods(store.times, cfg, tc)
     stats = _stats(store, workdir, stats_path, train_period, cfg.step_hours)
-    if cfg.residual and not cfg.residual_scale:
-        if stats.residual_std is None:
-            raise ValueError("a residual model needs normalization statistics with residual_std to scale its output")
-        cfg = dataclasses.replace(cfg, residual_scale=tuple(np.asarray(stats.residual_std / stats.state_std).tolist()))
+    if cfg.residual and not cfg.residual_scale:  # the head predicts the change in units of its std
+        cfg = dataclasses.replace(cfg, residual_scale=tuple((1.0 / residual_channel_scale(stats)).tolist()))
     window = dict(num_history_steps=cfg.num_history_steps, history_spacing_hours=cfg.history_spacing_hours,
                   step_hours=cfg.step_hours, num_targets=tc.rollout_steps)
     train_src = TrainingSource(store, stats, start=train_period[0], end=train_period[1], **window)

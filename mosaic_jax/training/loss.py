@@ -100,8 +100,9 @@ def residual_channel_scale(stats: Any) -> np.ndarray:
     """``state_std / residual_std`` per channel: CRPS in state-normalized units times this is the
     CRPS in units of each channel's one-step change (CRPS scales with its argument)."""
     if stats is None or stats.residual_std is None:
-        raise ValueError("loss_normalization='residual' needs normalization statistics with residual_mean and "
-                         "residual_std (mosaic-jax stats computes them; the published hres file has none)")
+        raise ValueError("loss_normalization='residual' and residual models need normalization statistics with "
+                         "residual_mean and residual_std (mosaic-jax stats computes them; the published hres file "
+                         "has none)")
     return np.asarray(stats.state_std, np.float64) / np.asarray(stats.residual_std, np.float64)
 
 
