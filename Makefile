@@ -7,14 +7,22 @@ PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.1
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo_output
 
-.PHONY: install test demo lint clean
+.PHONY: install h100-aot test demo lint clean
+
+# The CUDA PJRT plugin, outside sys.path: mosaic_jax.deviceless compiles for an H100 with it on any
+# machine (kernel register/SMEM reports, device memory of train and forecast steps); jax never loads it.
+H100_AOT_PACKAGES := jax-cuda13-pjrt==0.11.2 jax-cuda13-plugin==0.11.2
 
 install:
 	@test -n "$(PYTHON)" || { echo "error: python3.12 not found; install it or run 'make install PYTHON=/path/to/python3.12'" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(MAKE) --no-print-directory h100-aot
 	@echo "installed into $(VENV): activate with 'source $(BIN)/activate'"
+
+h100-aot:
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/h100-aot $(H100_AOT_PACKAGES)
 
 test:
 	$(BIN)/python -m pytest -n 2 --durations=15

@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from mosaic_jax.attention import reference  # noqa: E402
 from pallas_kernels.mosaic_attention import flops  # noqa: E402
 from pallas_kernels.mosaic_attention import mosaic_attention as pallas_mosaic_attention  # noqa: E402
+from pallas_kernels.mosaic_attention.config import PUBLISHED_STAGES  # noqa: E402
 from pallas_kernels.mosaic_attention.selection_kernel import (  # noqa: E402
     selection_backward_dkv,
     selection_backward_dq,
@@ -52,12 +53,7 @@ from pallas_kernels.mosaic_attention.selection_kernel import (  # noqa: E402
 RESULTS = REPO / "experiments" / "results" / "attention.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
-# Published configuration (SPEC.md): (name, tokens, Hq, Hk, head_dim, block_attn, sparse block, top-k).
-STAGES = [
-    ("stage 1 (nside 64)", 49_152, 12, 3, 64, 1024, 128, 24),
-    ("stage 2 (nside 32)", 12_288, 16, 4, 64, 1024, 128, 12),
-    ("bottleneck (nside 16)", 3_072, 20, 5, 64, 1024, 128, 4),
-]
+STAGES = PUBLISHED_STAGES  # (name, tokens, Hq, Hk, head_dim, block_attn, sparse block, top-k)
 SCALING_LENGTHS = [8_192 * 2**i for i in range(7)]  # 8k .. 512k
 TINY_STAGES = [("tiny", 512, 4, 1, 64, 256, 64, 3)]  # --interpret-smoke
 

@@ -9,6 +9,7 @@ dk/dv kernel gives each compute warpgroup 64 of those rows. Every check raises a
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax.numpy as jnp
 
@@ -42,6 +43,27 @@ class SelectionConfig:
 
 
 DEFAULT_CONFIG = SelectionConfig()
+
+
+class AttentionShape(NamedTuple):
+    """One attention call of the model: its sequence, heads and Mosaic block sizes."""
+
+    name: str
+    tokens: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    block_attn_size: int
+    sparse_block_size: int
+    top_k: int
+
+
+# The published configuration's three attention stages (SPEC.md), batch 1 per member.
+PUBLISHED_STAGES = (
+    AttentionShape("stage 1 (nside 64)", 49_152, 12, 3, 64, 1024, 128, 24),
+    AttentionShape("stage 2 (nside 32)", 12_288, 16, 4, 64, 1024, 128, 12),
+    AttentionShape("bottleneck (nside 16)", 3_072, 20, 5, 64, 1024, 128, 4),
+)
 
 
 class UnsupportedShapeError(ValueError, NotImplementedError):

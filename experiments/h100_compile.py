@@ -1,0 +1,295 @@
+"""What compiling for an H100 tells without one: kernel resources, and whether steps fit in memory.
+
+Everything here is compiled for an H100 SXM 80 GB (sm_90a) by the CUDA PJRT plugin on a
+machine that need not have a GPU (``mosaic_jax/deviceless.py``). Nothing is executed, so there
+are no timings: those come from ``bench_attention.py``, ``bench_train.py`` and
+``bench_forecast.py`` on the device.
+
+    # each Mosaic GPU kernel at the published shapes: registers, spills, SMEM  -> attention.md
+    python experiments/h100_compile.py kernels
+    # paper-era5 train step (2 members, bf16, remat): device memory per batch size -> train.md
+    python experiments/h100_compile.py train --batch-sizes 1 2 4 8 16 --attention-impl pallas
+    # ensemble forecast step: device memory per member chunk -> forecast.md
+    python experiments/h100_compile.py forecast --preset paper-era5 --member-chunks 1 8 24
+
+"Fits" compares XLA's buffer assignment (arguments + outputs + temporaries - aliased, per
+device) with the memory a JAX process gets by default: ``XLA_PYTHON_CLIENT_MEM_FRACTION``
+(0.75) of the device's 79.6 GiB. XLA's own workspace and the CUDA context come on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "experiments"))
+
+from common import append_result  # noqa: E402
+
+from mosaic_jax import deviceless  # noqa: E402
+
+GIB = 2.0**30
+TARGET = deviceless.H100_SXM_80GB
+
+
+def _device_line(n: int = 1) -> str:
+    return (f"{n} x {TARGET.name} (sm_90a), compiled without a GPU by jax-cuda13-pjrt {jax.__version__}'s "
+            f"deviceless AOT path on {jax.devices()[0].platform}; nothing executed")
+
+
+# ----------------------------------------------------------------------------- kernels
+def kernel_rows(stages, wgs_options) -> list[dict]:
+    """Compile every kernel (selected and local branch; forward, dq, dk/dv) at each stage shape."""
+    from pallas_kernels.mosaic_attention.config import SelectionConfig, local_tile_size
+    from pallas_kernels.mosaic_attention.selection_kernel import (
+        selection_backward_dkv,
+        selection_backward_dq,
+        selection_forward,
+    )
+
+    rows = []
+    s = jax.ShapeDtypeStruct
+    for stage in stages:
+        q = s((1, stage.tokens, stage.q_heads, stage.head_dim), jnp.bfloat16)
+        kv = s((1, stage.tokens, stage.kv_heads, stage.head_dim), jnp.bfloat16)
+        lse = s((1, stage.q_heads, stage.tokens), jnp.float32)
+        tile = local_tile_size(stage.block_attn_size)
+        branches = [("selected", stage.sparse_block_size, stage.top_k),
+                    ("local", tile, stage.block_attn_size // tile)]
+        for branch, block, top_k in branches:
+            idx = s((1, stage.kv_heads, stage.tokens // block, top_k), jnp.int32)
+            for wgs in wgs_options:
+                cfg = SelectionConfig(num_compute_wgs=wgs)
+                kernels = [
+                    ("forward", lambda q, k, v, i, b=block, c=cfg: selection_forward(q, k, v, i, block_size=b, config=c),
+                     (q, kv, kv, idx)),
+                    ("dq", lambda q, k, v, do, l, de, i, b=block, c=cfg: selection_backward_dq(
+                        q, k, v, do, l, de, i, block_size=b, config=c), (q, kv, kv, q, lse, lse, idx)),
+                    ("dk/dv", lambda q, k, v, do, l, de, i, b=block, c=cfg: selection_backward_dkv(
+                        q, k, v, do, l, de, i, block_size=b, config=c), (q, kv, kv, q, lse, lse, idx)),
+                ]
+                for name, fn, args in kernels:
+                    t0 = time.perf_counter()
+                    try:
+                        r = deviceless.compile_kernel(fn, *args, target=TARGET)
+                        row = {"stage": stage.name, "branch": branch, "kernel": name, "wgs": wgs,
+                               "registers": r.registers, "spill": f"{r.spill_store_bytes} / {r.spill_load_bytes}",
+                               "smem_kib": r.smem_bytes / 1024, "barriers": r.named_barriers,
+                               "compile_s": time.perf_counter() - t0}
+                    except Exception as e:  # noqa: BLE001 - a kernel that does not compile is a result
+                        row = {"stage": stage.name, "branch": branch, "kernel": name, "wgs": wgs,
+                               "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+                    print(row, flush=True)
+                    rows.append(row)
+    return rows
+
+
+def attention_memory_rows(stages) -> list[dict]:
+    """Device memory of the whole Mosaic attention forward+backward, pallas vs xla, per stage."""
+    from mosaic_jax.attention.api import mosaic_attention
+
+    device = deviceless.compile_only_devices(1, TARGET)[0]
+    sh = jax.sharding.SingleDeviceSharding(device)
+    rows = []
+    for stage in stages:
+        s = lambda shape, dt=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dt, sharding=sh)  # noqa: E731
+        q = s((1, stage.tokens, stage.q_heads, stage.head_dim))
+        kv = s((1, stage.tokens, stage.kv_heads, stage.head_dim))
+        gates = s((1, stage.tokens, stage.q_heads, 3), jnp.float32)
+        for impl in ("pallas", "xla"):
+            def loss(q, k, v, g, impl=impl):
+                return mosaic_attention(q, k, v, g, block_attn_size=stage.block_attn_size,
+                                        sparse_block_size=stage.sparse_block_size, top_k=stage.top_k,
+                                        impl=impl).sum()
+
+            try:
+                c = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(q, kv, kv, gates).lower().compile()
+                rows.append({"stage": stage.name, "impl": impl,
+                             "gib": deviceless.CompiledMemory.of(c).total / GIB})
+            except Exception as e:  # noqa: BLE001
+                rows.append({"stage": stage.name, "impl": impl, "error": f"{type(e).__name__}: {str(e)[:120]}"})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def cmd_kernels(args: argparse.Namespace) -> None:
+    from pallas_kernels.mosaic_attention.config import PUBLISHED_STAGES
+
+    rows = kernel_rows(PUBLISHED_STAGES, args.wgs)
+    mem = attention_memory_rows(PUBLISHED_STAGES)
+    lines = ["| stage | branch | kernel | compute warpgroups | registers / thread | spill stores / loads (B) | "
+             "SMEM KiB (of 227) | named barriers |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['stage']} | {r['branch']} | {r['kernel']} | {r['wgs']} | does not compile: "
+                         f"{r['error']} | | | |")
+        else:
+            lines.append(f"| {r['stage']} | {r['branch']} | {r['kernel']} | {r['wgs']} | {r['registers']} | "
+                         f"{r['spill']} | {r['smem_kib']:.1f} | {r['barriers']} |")
+    lines += ["", "Whole Mosaic attention, forward + backward (grads of q, k, v, gates), batch 1, device memory "
+              "(arguments + outputs + temporaries):", "", "| stage | impl | GiB |", "|---|---|---|"]
+    for r in mem:
+        lines.append(f"| {r['stage']} | {r['impl']} | {r.get('error') or '%.2f' % r['gib']} |")
+    body = ("Each Mosaic GPU kernel compiled for sm_90a at the published shapes (bf16, batch 1) by the plugin's "
+            "Mosaic GPU compiler: registers and spills from `ptxas -v` (CUDA 13 toolkit), SMEM from the kernel's "
+            "scratch allocation. Registers are the function's launch bound (65,536 / threads per CTA, capped "
+            "at 168 for 3 warpgroups, 255 for 2); `setmaxnreg` then moves registers between the memory and "
+            "compute warpgroups. Nothing here ran: no timing.\n\n" + "\n".join(lines))
+    print(body)
+    if not args.no_record:
+        print("->", append_result("attention", "Kernels compiled for the H100 without a GPU", body,
+                                  device=_device_line()))
+
+
+# ----------------------------------------------------------------------------- train step
+def cmd_train(args: argparse.Namespace) -> None:
+    from mosaic_jax.config import count_from_shapes, get_config
+    from mosaic_jax.model import param_shapes
+    from mosaic_jax.training import TrainConfig, make_mesh
+    from mosaic_jax.training import sharding as shd
+    from mosaic_jax.training.checkpointing import abstract_with_shardings
+    from mosaic_jax.training.train_step import abstract_batch, build_step_fns, init_state, jit_train_step
+
+    cfg = get_config(args.preset)
+    devices = deviceless.compile_only_devices(args.devices, TARGET)
+    budget = TARGET.usable_bytes(args.mem_fraction)
+    rows = []
+    for impl in args.attention_impl:
+        for b in args.batch_sizes:
+            tc = TrainConfig(batch_size=b, ensemble_members=2, compute_dtype=args.dtype, remat=not args.no_remat,
+                             attention_impl=impl, mesh_fsdp=args.fsdp, total_steps=1000, warmup_steps=10)
+            mesh = make_mesh(-1, 1, args.fsdp, devices=devices)
+            if b % shd.mesh_size(mesh, "batch"):
+                continue
+            fns = build_step_fns(cfg, tc, mesh)
+            abstract = jax.eval_shape(lambda k, tc=tc, fns=fns: init_state(cfg, tc, fns.tx, k), jax.random.key(0))
+            sh = shd.state_shardings(mesh, abstract, min_size=tc.fsdp_min_size)
+            bsh, rep = shd.batch_sharding(mesh), shd.replicated(mesh)
+            static = jax.ShapeDtypeStruct((cfg.n_lon, cfg.n_lat, cfg.num_static), np.float32, sharding=rep)
+            t0 = time.perf_counter()
+            try:
+                compiled = jit_train_step(fns, sh, bsh, rep).lower(
+                    abstract_with_shardings(abstract, sh), abstract_batch(cfg, tc, b, bsh), static).compile()
+            except Exception as e:  # noqa: BLE001 - a step that does not compile is a result
+                rows.append({"impl": impl, "batch": b, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
+                print(rows[-1], flush=True)
+                continue
+            m = deviceless.CompiledMemory.of(compiled)
+            rows.append({"impl": impl, "batch": b, "compile_s": time.perf_counter() - t0, "total": m.total / GIB,
+                         "args": m.argument / GIB, "temp": m.temp / GIB, "fits": m.total <= budget})
+            print(rows[-1], flush=True)
+            if m.total > budget:
+                break
+    n_params = count_from_shapes(param_shapes(cfg))
+    lines = ["| attention | batch (ICs) | compile s | device memory GiB | of which arguments | temporaries | fits |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['impl']} | {r['batch']} | - | does not compile: {r['error']} | | | |")
+        else:
+            lines.append(f"| {r['impl']} | {r['batch']} | {r['compile_s']:.0f} | {r['total']:.2f} | {r['args']:.2f} | "
+                         f"{r['temp']:.2f} | {'yes' if r['fits'] else 'no'} |")
+    largest = {impl: max([r["batch"] for r in rows if r["impl"] == impl and r.get("fits")], default=None)
+               for impl in args.attention_impl}
+    body = (f"`{args.preset}` train step ({n_params:,} parameters; AdamW with float32 master weights, "
+            f"{args.dtype} compute, 2 members per initial condition, "
+            f"{'no remat' if args.no_remat else 'per-block remat'}) compiled for {args.devices} H100(s), mesh "
+            f"fsdp={args.fsdp}. Device memory is XLA's buffer assignment per device; 'fits' compares it with "
+            f"{budget / GIB:.1f} GiB (memory fraction {args.mem_fraction or 0.75:.2f} of {TARGET.memory_bytes / GIB:.1f} "
+            f"GiB). Largest batch that fits: "
+            + ", ".join(f"{k}: {v}" for k, v in largest.items()) + ". Throughput and MFU need the device "
+            "(`bench_train.py throughput`).\n\n" + "\n".join(lines))
+    print(body)
+    if not args.no_record:
+        print("->", append_result("train", f"{args.preset} train step compiled for the H100 without a GPU", body,
+                                  device=_device_line(args.devices)))
+
+
+# ----------------------------------------------------------------------------- forecast
+def cmd_forecast(args: argparse.Namespace) -> None:
+    from mosaic_jax.config import get_config
+    from mosaic_jax.model import init_params
+    from mosaic_jax.sampler import EnsembleSampler
+
+    cfg = get_config(args.preset)
+    device = deviceless.compile_only_devices(1, TARGET)[0]
+    sh = jax.sharding.SingleDeviceSharding(device)
+    sampler = EnsembleSampler(cfg, dtype=jnp.dtype(args.dtype), attention_impl=args.attention_impl)
+    params = jax.eval_shape(lambda k: init_params(cfg, k), jax.random.key(0))
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), params)
+    grid = (cfg.n_lon, cfg.n_lat, cfg.num_channels)
+    rows = []
+    for chunk in args.member_chunks:
+        s = lambda shape, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt, sharding=sh)  # noqa: E731
+        abstract = (params, s((chunk, cfg.num_history_steps, *grid)), s((chunk, 2)),
+                    s((cfg.n_lon, cfg.n_lat, cfg.num_static)), jax.ShapeDtypeStruct(
+                        (chunk,), jax.random.key(0).dtype, sharding=sh), s((), jnp.int32))
+        t0 = time.perf_counter()
+        try:
+            compiled = jax.jit(sampler.step, donate_argnums=(1, 2)).trace(*abstract).lower().compile()
+        except Exception as e:  # noqa: BLE001
+            rows.append({"chunk": chunk, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
+            print(rows[-1], flush=True)
+            continue
+        m = deviceless.CompiledMemory.of(compiled)
+        rows.append({"chunk": chunk, "compile_s": time.perf_counter() - t0, "total": m.total / GIB,
+                     "args": m.argument / GIB, "temp": m.temp / GIB})
+        print(rows[-1], flush=True)
+    lines = ["| members per device pass | compile s | device memory GiB | of which arguments | temporaries |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['chunk']} | - | does not compile: {r['error']} | | |")
+        else:
+            lines.append(f"| {r['chunk']} | {r['compile_s']:.0f} | {r['total']:.2f} | {r['args']:.2f} | {r['temp']:.2f} |")
+    body = (f"One forecast step of `{args.preset}` (the jitted `EnsembleSampler.step` that `mosaic-jax forecast` runs; "
+            f"{args.dtype} compute, attention `{args.attention_impl}`, float32 parameters) compiled for one H100. "
+            f"Device memory per member-chunk pass is XLA's buffer assignment: parameters, history window, "
+            f"noise and temporaries; each step's output streams to host, so it does not grow with the number of "
+            f"steps. The published release states ~9 GB for one member. Timings need the device "
+            f"(`bench_forecast.py`).\n\n" + "\n".join(lines))
+    print(body)
+    if not args.no_record:
+        print("->", append_result("forecast", f"{args.preset} forecast step compiled for the H100 without a GPU",
+                                  body, device=_device_line()))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--no-record", action="store_true", help="print only; do not append to experiments/results")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("kernels", help="every Mosaic GPU kernel at the published shapes")
+    k.add_argument("--wgs", type=int, nargs="+", default=[2, 1], help="compute warpgroups per CTA to compile")
+    t = sub.add_parser("train", help="train-step device memory per batch size")
+    t.add_argument("--preset", default="paper-era5")
+    t.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    t.add_argument("--attention-impl", nargs="+", default=["pallas"], choices=["pallas", "xla"])
+    t.add_argument("--dtype", default="bfloat16")
+    t.add_argument("--no-remat", action="store_true")
+    t.add_argument("--devices", type=int, default=1, help="compile-only H100s on the mesh")
+    t.add_argument("--fsdp", type=int, default=1)
+    t.add_argument("--mem-fraction", type=float, default=None, help="XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.75)")
+    f = sub.add_parser("forecast", help="forecast-step device memory per member chunk")
+    f.add_argument("--preset", default="paper-era5")
+    f.add_argument("--member-chunks", type=int, nargs="+", default=[1, 8, 24])
+    f.add_argument("--dtype", default="bfloat16")
+    f.add_argument("--attention-impl", default="pallas", choices=["pallas", "xla"])
+    args = p.parse_args(argv)
+    reason = deviceless.available()
+    if reason:
+        print(f"cannot compile for the H100 here: {reason}", file=sys.stderr)
+        return 2
+    {"kernels": cmd_kernels, "train": cmd_train, "forecast": cmd_forecast}[args.cmd](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

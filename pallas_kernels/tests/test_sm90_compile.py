@@ -1,0 +1,101 @@
+"""The kernels compile for the H100 (sm_90a), without a GPU: Mosaic GPU lowering, LLVM, ptxas.
+
+Interpret mode checks what the kernels compute; it does not check that they compile: register
+layouts, SMEM tiling, the wgmma/TMA lowering and ptxas's register allocation are only exercised
+by the real compiler. ``mosaic_jax.deviceless`` runs it here through the CUDA PJRT plugin, at
+the published shapes. Skipped (saying why) where the plugin or the CUDA toolkit is absent.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mosaic_jax import deviceless
+from mosaic_jax.attention.api import mosaic_attention
+from pallas_kernels.mosaic_attention.config import PUBLISHED_STAGES, SelectionConfig, local_tile_size
+from pallas_kernels.mosaic_attention.selection_kernel import (
+    selection_backward_dkv,
+    selection_backward_dq,
+    selection_forward,
+)
+
+pytestmark = pytest.mark.skipif(deviceless.available() is not None,
+                                reason=f"no deviceless H100 compiler: {deviceless.available()}")
+
+SMEM_PER_BLOCK = deviceless.H100_SXM_80GB.smem_per_block_optin_bytes
+STAGE1 = PUBLISHED_STAGES[0]
+
+
+def _abstract(stage, block: int, top_k: int):
+    s = jax.ShapeDtypeStruct
+    q = s((1, stage.tokens, stage.q_heads, stage.head_dim), jnp.bfloat16)
+    kv = s((1, stage.tokens, stage.kv_heads, stage.head_dim), jnp.bfloat16)
+    lse = s((1, stage.q_heads, stage.tokens), jnp.float32)
+    idx = s((1, stage.kv_heads, stage.tokens // block, top_k), jnp.int32)
+    return q, kv, lse, idx
+
+
+def _branches(stage):
+    tile = local_tile_size(stage.block_attn_size)
+    return {"selected": (stage.sparse_block_size, stage.top_k), "local": (tile, stage.block_attn_size // tile)}
+
+
+@pytest.mark.parametrize("branch", ["selected", "local"])
+def test_kernels_compile_for_sm90a_at_the_published_stage1_shape(branch):
+    block, top_k = _branches(STAGE1)[branch]
+    q, kv, lse, idx = _abstract(STAGE1, block, top_k)
+    cfg = SelectionConfig(num_compute_wgs=2)
+    threads = (cfg.num_compute_wgs + 1) * 128
+    reports = {
+        "forward": deviceless.compile_kernel(
+            lambda q, k, v, i: selection_forward(q, k, v, i, block_size=block, config=cfg), q, kv, kv, idx),
+        "dq": deviceless.compile_kernel(
+            lambda q, k, v, do, l, de, i: selection_backward_dq(q, k, v, do, l, de, i, block_size=block, config=cfg),
+            q, kv, kv, q, lse, lse, idx),
+        "dk/dv": deviceless.compile_kernel(
+            lambda q, k, v, do, l, de, i: selection_backward_dkv(q, k, v, do, l, de, i, block_size=block, config=cfg),
+            q, kv, kv, q, lse, lse, idx),
+    }
+    for name, r in reports.items():
+        assert 0 < r.smem_bytes <= SMEM_PER_BLOCK, (name, r.smem_bytes)
+        assert r.registers * threads <= deviceless.H100_SXM_80GB.registers_per_sm, (name, r.registers)
+        assert r.named_barriers <= 16, (name, r.named_barriers)
+    # the forward and dq kernels keep every value in registers; dk/dv (two accumulators) may spill a little
+    assert not reports["forward"].spills, reports["forward"].ptxas_log[-800:]
+    assert not reports["dq"].spills, reports["dq"].ptxas_log[-800:]
+    assert reports["dk/dv"].spill_store_bytes <= 64, reports["dk/dv"].ptxas_log[-800:]
+
+
+def test_whole_attention_gradient_compiles_and_its_memory_is_linear_in_the_inputs():
+    """Forward + backward of the kernel path: device memory within a small multiple of its inputs
+    and gradients (no (tokens x selected tokens) intermediate), unlike the xla path.
+
+    At the stage-2 shape: the stage-1 kernels are compiled by the test above, and a kernel is
+    compiled once per process (see ``deviceless.compile_kernel``)."""
+    stage = PUBLISHED_STAGES[1]
+    device = deviceless.compile_only_devices(1)[0]
+    sh = jax.sharding.SingleDeviceSharding(device)
+    q = jax.ShapeDtypeStruct((1, stage.tokens, stage.q_heads, stage.head_dim), jnp.bfloat16, sharding=sh)
+    kv = jax.ShapeDtypeStruct((1, stage.tokens, stage.kv_heads, stage.head_dim), jnp.bfloat16, sharding=sh)
+    gates = jax.ShapeDtypeStruct((1, stage.tokens, stage.q_heads, 3), jnp.float32, sharding=sh)
+    io_bytes = 2 * sum(a.size * a.dtype.itemsize for a in (q, kv, kv, gates))  # inputs + their gradients
+
+    def memory(impl: str) -> int:
+        def loss(q, k, v, g):
+            return mosaic_attention(q, k, v, g, block_attn_size=stage.block_attn_size,
+                                    sparse_block_size=stage.sparse_block_size, top_k=stage.top_k, impl=impl).sum()
+
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(q, kv, kv, gates).lower().compile()
+        return deviceless.CompiledMemory.of(compiled).total
+
+    pallas = memory("pallas")
+    assert pallas <= 4 * io_bytes, (pallas, io_bytes)
+    assert memory("xla") > 4 * pallas
+
+
+def test_target_config_is_the_device_the_compiler_sees():
+    (device,) = deviceless.compile_only_devices(1)
+    assert device.device_kind == deviceless.H100_SXM_80GB.name
+    assert device.platform == "gpu"

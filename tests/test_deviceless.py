@@ -1,0 +1,71 @@
+"""Compiling for H100s without one (mosaic_jax.deviceless): the report parser, and the sharded
+train step compiled for 8 compile-only H100s. Skipped, saying why, where the CUDA PJRT plugin
+or the CUDA toolkit is absent (``make install`` provides the plugin)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from mosaic_jax import deviceless
+from mosaic_jax.training import make_mesh
+from mosaic_jax.training import sharding as shd
+from mosaic_jax.training.checkpointing import abstract_with_shardings
+from mosaic_jax.training.testing import micro_config, micro_train_config
+from mosaic_jax.training.train_step import abstract_batch, build_step_fns, init_state, jit_train_step
+
+needs_compiler = pytest.mark.skipif(deviceless.available() is not None,
+                                    reason=f"no deviceless H100 compiler: {deviceless.available()}")
+
+
+def _ptxas_block(regs: int, stores: int, loads: int, barriers: int = 16) -> str:
+    return (f"ptxas info    : Compiling entry function 'kernel_mosaic_gpu_kernel' for 'sm_90a'\n"
+            f"ptxas info    : Function properties for kernel_mosaic_gpu_kernel\n"
+            f"    {stores} bytes stack frame, {stores} bytes spill stores, {loads} bytes spill loads\n"
+            f"ptxas info    : Used {regs} registers, used {barriers} barriers, 1 bytes smem\n")
+
+
+def test_kernel_log_pairs_each_kernels_smem_with_its_ptxas_report():
+    log = ("Resources(smem_scratch_bytes=150528, tmem_scratch_cols=0)\n" + _ptxas_block(168, 0, 0)
+           + "Resources(smem_scratch_bytes=1024, tmem_scratch_cols=0)\n" + _ptxas_block(255, 24, 56, 3))
+    a, b = deviceless.parse_kernel_log(log)
+    assert (a.registers, a.smem_bytes, a.spills, a.named_barriers) == (168, 150528, False, 16)
+    assert (b.registers, b.smem_bytes, b.spill_store_bytes, b.spill_load_bytes, b.named_barriers) == (255, 1024, 24, 56, 3)
+    assert b.spills
+    with pytest.raises(RuntimeError, match="could not pair"):
+        deviceless.parse_kernel_log(_ptxas_block(168, 0, 0))
+
+
+def test_target_config_states_the_h100():
+    text = deviceless.H100_SXM_80GB.target_config()
+    assert "cuda_compute_capability { major: 9 minor: 0 }" in text
+    assert "core_count: 132" in text
+    assert deviceless.H100_SXM_80GB.usable_bytes(0.5) == deviceless.H100_SXM_80GB.memory_bytes // 2
+
+
+@needs_compiler
+def test_fsdp_train_step_on_eight_h100s_holds_an_eighth_of_the_state_per_device():
+    """The (data x ensemble x fsdp) train step compiles for 8 GPUs, and FSDP divides the
+    parameters and optimizer state that each device holds by the fsdp size."""
+    cfg = micro_config()
+
+    def argument_bytes(devices: list, fsdp: int) -> int:
+        tc = micro_train_config(batch_size=8, mesh_fsdp=fsdp, mesh_data=len(devices) // fsdp)
+        mesh = make_mesh(len(devices) // fsdp, 1, fsdp, devices=devices)
+        fns = build_step_fns(cfg, tc, mesh)
+        abstract = jax.eval_shape(lambda k: init_state(cfg, tc, fns.tx, k), jax.random.key(0))
+        sh = shd.state_shardings(mesh, abstract, min_size=tc.fsdp_min_size)
+        rep = shd.replicated(mesh)
+        static = jax.ShapeDtypeStruct((cfg.n_lon, cfg.n_lat, cfg.num_static), np.float32, sharding=rep)
+        compiled = jit_train_step(fns, sh, shd.batch_sharding(mesh), rep).lower(
+            abstract_with_shardings(abstract, sh), abstract_batch(cfg, tc, 8, shd.batch_sharding(mesh)), static
+        ).compile()
+        state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+        return deviceless.CompiledMemory.of(compiled).argument, state_bytes
+
+    one, state = argument_bytes(deviceless.compile_only_devices(1), 1)
+    eight, _ = argument_bytes(deviceless.compile_only_devices(8), 8)
+    assert one >= state
+    # the state is 1/8 per device (up to the leaves that do not divide by 8), and so is the batch
+    assert eight < one / 4, (eight, one)
