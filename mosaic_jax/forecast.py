@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mosaic_jax import variables
 from mosaic_jax.atomic import atomic_path
+from mosaic_jax.attention import BatchSharding
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.data import NormStats, WeatherStore, day_year_progress
 from mosaic_jax.sampler import EnsembleSampler, member_keys
@@ -107,8 +108,12 @@ def run_forecast(cfg: ModelConfig, params: Any, store: WeatherStore, stats: Norm
     member_sharding = NamedSharding(mesh, PartitionSpec("member"))
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    sampler = EnsembleSampler(cfg, dtype=dtype, attention_impl=attention_impl)
-    step_fn = jax.jit(sampler.step, donate_argnums=(1, 2))
+    # members split over the mesh; a last chunk that does not divide runs replicated
+    sharded_step = jax.jit(EnsembleSampler(cfg, dtype=dtype, attention_impl=attention_impl,
+                                           batch_sharding=BatchSharding(mesh, ("member",))).step,
+                           donate_argnums=(1, 2))
+    replicated_step = jax.jit(EnsembleSampler(cfg, dtype=dtype, attention_impl=attention_impl).step,
+                              donate_argnums=(1, 2))
     params = jax.device_put(params, replicated)
     static_dev = jax.device_put(jnp.asarray(static), replicated)
     base_key = jax.random.key(seed)
@@ -126,7 +131,9 @@ def run_forecast(cfg: ModelConfig, params: Any, store: WeatherStore, stats: Norm
             for lo in range(0, num_members, chunk):
                 ids = np.arange(lo, min(lo + chunk, num_members))
                 m = len(ids)
-                sharding = member_sharding if m % mesh.size == 0 else replicated
+                sharded = m % mesh.size == 0
+                sharding = member_sharding if sharded else replicated
+                step_fn = sharded_step if sharded else replicated_step
                 keys = jax.device_put(member_keys(base_key, jnp.asarray(ids)), sharding)
                 hist = jax.device_put(np.broadcast_to(history, (m,) + history.shape), sharding)
                 dy = jax.device_put(np.broadcast_to(day_year, (m, 2)), sharding)

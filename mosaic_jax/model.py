@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mosaic_jax import grids
+from mosaic_jax.attention import BatchSharding
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.modules import (BlockStack, Downsample, Interpolation, Linear, Upsample, rms_norm,
                                 standardize_static, time_features)
@@ -31,12 +32,15 @@ class Mosaic(nn.Module):
       dtype: compute dtype (parameters stay float32).
       attention_impl: ``"auto" | "xla" | "pallas"`` (see ``mosaic_jax.attention``).
       remat: rematerialise each transformer block in the backward pass.
+      batch_sharding: inside a sharded jit, the mesh axes that split the batch; the Pallas
+        attention kernels then run per device (``mosaic_jax.attention.api``).
     """
 
     cfg: ModelConfig
     dtype: Dtype = jnp.float32
     attention_impl: str = "auto"
     remat: bool = False
+    batch_sharding: BatchSharding | None = None
 
     def setup(self) -> None:
         c, dt = self.cfg, self.dtype
@@ -49,7 +53,7 @@ class Mosaic(nn.Module):
         self.interp_to_hp = interp(to_healpix=True)
         self.interp_to_ll = interp(to_healpix=False)
         stack = functools.partial(BlockStack, rope_theta=c.rope_theta, noise_dim=c.noise_dim, dtype=dt,
-                                  impl=self.attention_impl, remat=self.remat)
+                                  impl=self.attention_impl, remat=self.remat, batch_sharding=self.batch_sharding)
         self.encoder_stages = [stack(s, s.encoder_depth) for s in c.stages]
         self.bottleneck = stack(c.bottleneck, c.bottleneck.depth)
         # decoder_stages[0] is the deepest stage, as in the published checkpoints.

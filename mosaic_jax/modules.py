@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mosaic_jax import grids
-from mosaic_jax.attention import mosaic_attention
+from mosaic_jax.attention import BatchSharding, mosaic_attention
 from mosaic_jax.config import AttentionConfig
 
 Dtype = Any
@@ -82,6 +82,7 @@ class MosaicAttention(nn.Module):
     rope_theta: float
     dtype: Dtype = jnp.float32
     impl: str = "auto"
+    batch_sharding: BatchSharding | None = None
 
     def setup(self) -> None:
         c = self.cfg
@@ -102,7 +103,8 @@ class MosaicAttention(nn.Module):
         logits = self.to_strategy_combine_mlp(x).reshape(b, n, c.num_heads, 3).astype(jnp.float32)
         gates = jax.nn.softmax(logits, axis=-1)
         o = mosaic_attention(q, k, v, gates, block_attn_size=c.block_attn_size,
-                             sparse_block_size=c.sparse_block_size, top_k=c.sparse_block_count, impl=self.impl)
+                             sparse_block_size=c.sparse_block_size, top_k=c.sparse_block_count, impl=self.impl,
+                             batch_sharding=self.batch_sharding)
         return self.to_o(o.astype(self.dtype).reshape(b, n, c.dim))
 
 
@@ -133,9 +135,10 @@ class TransformerBlock(nn.Module):
     noise_dim: int
     dtype: Dtype = jnp.float32
     impl: str = "auto"
+    batch_sharding: BatchSharding | None = None
 
     def setup(self) -> None:
-        self.attention = MosaicAttention(self.cfg, self.rope_theta, self.dtype, self.impl)
+        self.attention = MosaicAttention(self.cfg, self.rope_theta, self.dtype, self.impl, self.batch_sharding)
         self.ffn = CSwiGLU(self.cfg.dim, self.cfg.mlp_hidden, self.noise_dim, self.dtype)
 
     def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
@@ -153,10 +156,11 @@ class BlockStack(nn.Module):
     dtype: Dtype = jnp.float32
     impl: str = "auto"
     remat: bool = False
+    batch_sharding: BatchSharding | None = None
 
     def setup(self) -> None:
         block = nn.remat(TransformerBlock) if self.remat else TransformerBlock
-        self.blocks = [block(self.cfg, self.rope_theta, self.noise_dim, self.dtype, self.impl)
+        self.blocks = [block(self.cfg, self.rope_theta, self.noise_dim, self.dtype, self.impl, self.batch_sharding)
                        for _ in range(self.depth)]
 
     def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:

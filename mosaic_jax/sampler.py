@@ -14,6 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from mosaic_jax.attention import BatchSharding
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.model import Mosaic
 
@@ -40,11 +41,16 @@ def step_noise(member_key: Array, step: Array, noise_dim: int) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class EnsembleSampler:
-    """Builds the per-step and whole-rollout functions for one model configuration."""
+    """Builds the per-step and whole-rollout functions for one model configuration.
+
+    ``batch_sharding``: when members are split over a mesh inside a sharded jit, its mesh
+    and axes (the Pallas attention then runs on each device's own members).
+    """
 
     cfg: ModelConfig
     dtype: Any = jnp.float32
     attention_impl: str = "auto"
+    batch_sharding: BatchSharding | None = None
 
     def __post_init__(self) -> None:
         if self.cfg.history_spacing_hours != self.cfg.step_hours:
@@ -53,7 +59,8 @@ class EnsembleSampler:
 
     @property
     def model(self) -> Mosaic:
-        return Mosaic(self.cfg, dtype=self.dtype, attention_impl=self.attention_impl)
+        return Mosaic(self.cfg, dtype=self.dtype, attention_impl=self.attention_impl,
+                      batch_sharding=self.batch_sharding)
 
     def step(self, params: Any, history: Array, day_year: Array, static: Array, keys: Array,
              step_index: Array) -> tuple[Array, Array, Array]:

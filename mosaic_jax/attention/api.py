@@ -4,17 +4,35 @@
 is the Mosaic GPU kernel in ``pallas_kernels`` (Hopper only). ``impl="auto"`` picks the
 kernel on an H100-class GPU and the reference elsewhere; a forced implementation raises
 its own error rather than silently falling back.
+
+A Pallas kernel is per-device code that XLA's SPMD partitioner cannot split: under a
+sharded ``jax.jit`` it would receive the all-gathered batch on every device and compute
+all of it. Given ``batch_sharding`` (the mesh and the axes that split the batch), the
+kernel runs under ``jax.shard_map`` on each device's own sequences instead.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Literal, NamedTuple
 
 import jax
+from jax.sharding import Mesh, PartitionSpec
 
 from mosaic_jax.attention import reference
 
 Impl = Literal["auto", "xla", "pallas"]
+
+
+class BatchSharding(NamedTuple):
+    """How the batch (leading) dimension of the attention inputs is split over a mesh."""
+
+    mesh: Mesh
+    axes: tuple[str, ...]
+
+    @property
+    def num_shards(self) -> int:
+        return math.prod(self.mesh.shape[a] for a in self.axes)
 
 
 def validate_shapes(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array, *, block_attn_size: int,
@@ -51,11 +69,13 @@ def default_impl() -> str:
 
 
 def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array, *, block_attn_size: int,
-                     sparse_block_size: int, top_k: int, impl: Impl = "auto") -> jax.Array:
+                     sparse_block_size: int, top_k: int, impl: Impl = "auto",
+                     batch_sharding: BatchSharding | None = None) -> jax.Array:
     """Gated sum of local, compressed and top-k selected block attention (SPEC.md).
 
     q (B, N, Hq, d); k, v (B, N, Hk, d), RoPE already applied; gates (B, N, Hq, 3) are
-    the softmaxed branch weights. Returns (B, N, Hq, d) float32.
+    the softmaxed branch weights. Returns (B, N, Hq, d) float32. ``batch_sharding``: how
+    B is split over devices inside a sharded jit (used by the Pallas kernels only).
     """
     validate_shapes(q, k, v, gates, block_attn_size=block_attn_size, sparse_block_size=sparse_block_size,
                     top_k=top_k)
@@ -75,6 +95,16 @@ def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array,
     if impl == "pallas":
         from pallas_kernels import mosaic_attention as kernels  # imported lazily: GPU-only code
 
-        return kernels.mosaic_attention(q, k, v, gates, block_attn_size=block_attn_size,
-                                        sparse_block_size=sparse_block_size, top_k=top_k)
+        def kernel(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array) -> jax.Array:
+            return kernels.mosaic_attention(q, k, v, gates, block_attn_size=block_attn_size,
+                                            sparse_block_size=sparse_block_size, top_k=top_k)
+
+        if batch_sharding is None or batch_sharding.num_shards == 1:
+            return kernel(q, k, v, gates)
+        if q.shape[0] % batch_sharding.num_shards:
+            raise ValueError(f"batch {q.shape[0]} is not divisible by the {batch_sharding.num_shards} devices "
+                             f"of mesh axes {batch_sharding.axes}")
+        spec = PartitionSpec(batch_sharding.axes)
+        return jax.shard_map(kernel, mesh=batch_sharding.mesh, in_specs=spec, out_specs=spec,
+                             check_vma=False)(q, k, v, gates)
     raise ValueError(f"impl must be 'auto', 'xla' or 'pallas', got {impl!r}")

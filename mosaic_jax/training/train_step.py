@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from mosaic_jax.attention import BatchSharding
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.model import Mosaic, init_params
 from mosaic_jax.training import sharding as shd
@@ -48,9 +49,12 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def make_model(cfg: ModelConfig, tc: TrainConfig) -> Mosaic:
+def make_model(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh | None = None) -> Mosaic:
+    """The model as the train step runs it; on a mesh, the batch the model sees (members x
+    initial conditions) is split over ``AXIS_RULES["batch_member"]``."""
     dtype = jnp.bfloat16 if tc.compute_dtype == "bfloat16" else jnp.float32
-    return Mosaic(cfg, dtype=dtype, attention_impl=tc.attention_impl, remat=tc.remat)
+    batch = None if mesh is None else BatchSharding(mesh, shd.AXIS_RULES["batch_member"])
+    return Mosaic(cfg, dtype=dtype, attention_impl=tc.attention_impl, remat=tc.remat, batch_sharding=batch)
 
 
 def fresh_state(params: Any, tx: optax.GradientTransformation) -> State:
@@ -85,7 +89,7 @@ class StepFns:
 
     @property
     def model(self) -> Mosaic:
-        return make_model(self.cfg, self.tc)
+        return make_model(self.cfg, self.tc, self.mesh)
 
     def _constrain(self, x: jax.Array, *logical: str | None) -> jax.Array:
         if self.mesh is None:

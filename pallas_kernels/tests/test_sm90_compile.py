@@ -8,12 +8,16 @@ the published shapes. Skipped (saying why) where the plugin or the CUDA toolkit 
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mosaic_jax import deviceless
-from mosaic_jax.attention.api import mosaic_attention
+from mosaic_jax.attention.api import BatchSharding, mosaic_attention
 from pallas_kernels.mosaic_attention.config import PUBLISHED_STAGES, SelectionConfig, local_tile_size
 from pallas_kernels.mosaic_attention.selection_kernel import (
     selection_backward_dkv,
@@ -99,3 +103,37 @@ def test_target_config_is_the_device_the_compiler_sees():
     (device,) = deviceless.compile_only_devices(1)
     assert device.device_kind == deviceless.H100_SXM_80GB.name
     assert device.platform == "gpu"
+
+
+def _kernel_operand_batches(hlo: str) -> set[int]:
+    """Leading dims of the 16-bit operands of every Mosaic GPU kernel call in compiled HLO."""
+    calls = [line for line in hlo.splitlines() if 'custom_call_target="mosaic_gpu_v2"' in line]
+    assert calls, "no Mosaic GPU kernel in the program"
+    constraints = [line.split("operand_layout_constraints={", 1)[1] for line in calls]
+    return {int(m) for c in constraints for m in re.findall(r"(?:bf16|f16)\[(\d+),", c)}
+
+
+def test_under_a_sharded_jit_each_device_runs_the_kernels_on_its_own_sequences():
+    """8 H100s, batch 8 split over them: with ``batch_sharding`` each kernel sees 1 sequence and
+    no all-gather is needed; without it, XLA gathers the batch to every device (the control)."""
+    stage = PUBLISHED_STAGES[2]
+    devices = deviceless.compile_only_devices(8)
+    mesh = Mesh(np.asarray(devices), ("data",))
+    sh = NamedSharding(mesh, P("data"))
+    q = jax.ShapeDtypeStruct((8, stage.tokens, stage.q_heads, stage.head_dim), jnp.bfloat16, sharding=sh)
+    kv = jax.ShapeDtypeStruct((8, stage.tokens, stage.kv_heads, stage.head_dim), jnp.bfloat16, sharding=sh)
+    gates = jax.ShapeDtypeStruct((8, stage.tokens, stage.q_heads, 3), jnp.float32, sharding=sh)
+
+    def compiled_hlo(batch_sharding):
+        def loss(q, k, v, g):
+            return mosaic_attention(q, k, v, g, block_attn_size=stage.block_attn_size,
+                                    sparse_block_size=stage.sparse_block_size, top_k=stage.top_k, impl="pallas",
+                                    batch_sharding=batch_sharding).sum()
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)), out_shardings=(sh, sh, sh, sh))
+        return grad.trace(q, kv, kv, gates).lower().compile().as_text()
+
+    per_device = compiled_hlo(BatchSharding(mesh, ("data",)))
+    assert _kernel_operand_batches(per_device) == {1}
+    assert "all-gather" not in per_device
+    assert _kernel_operand_batches(compiled_hlo(None)) == {8}
