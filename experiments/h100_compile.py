@@ -15,6 +15,9 @@ are no timings: those come from ``bench_attention.py``, ``bench_train.py`` and
 "Fits" compares XLA's buffer assignment (arguments + outputs + temporaries - aliased, per
 device) with the memory a JAX process gets by default: ``XLA_PYTHON_CLIENT_MEM_FRACTION``
 (0.75) of the device's 79.6 GiB. XLA's own workspace and the CUDA context come on top.
+Without a device XLA also lacks CUB's scratch-size tables and compiles sorts (the selection's
+inverse table) with its fallback algorithm, so a program's memory on the device may differ a
+little from what is reported here.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +48,35 @@ TARGET = deviceless.H100_SXM_80GB
 def _device_line(n: int = 1) -> str:
     return (f"{n} x {TARGET.name} (sm_90a), compiled without a GPU by jax-cuda13-pjrt {jax.__version__}'s "
             f"deviceless AOT path on {jax.devices()[0].platform}; nothing executed")
+
+
+def _error(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+
+def memory_row(compile_fn: Callable[[], Any], **keys: Any) -> dict:
+    """Compile (``compile_fn``); ``keys`` plus compile seconds and device memory in GiB, or the error."""
+    t0 = time.perf_counter()
+    try:
+        compiled = compile_fn()
+    except Exception as e:  # noqa: BLE001 - a program that does not compile is a result here
+        row = {**keys, "error": _error(e)}
+    else:
+        m = deviceless.CompiledMemory.of(compiled)
+        row = {**keys, "compile_s": time.perf_counter() - t0, "bytes": m.total, "total": m.total / GIB,
+               "args": m.argument / GIB, "temp": m.temp / GIB}
+    print(row, flush=True)
+    return row
+
+
+def memory_cells(row: dict) -> str:
+    """The table cells ``compile s | device memory GiB | of which arguments | temporaries``."""
+    if "error" in row:
+        return f"- | does not compile: {row['error']} | | "
+    return f"{row['compile_s']:.0f} | {row['total']:.2f} | {row['args']:.2f} | {row['temp']:.2f}"
+
+
+MEMORY_HEADER = "compile s | device memory GiB | of which arguments | temporaries"
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -85,8 +119,7 @@ def kernel_rows(stages, wgs_options) -> list[dict]:
                                "smem_kib": r.smem_bytes / 1024, "barriers": r.named_barriers,
                                "compile_s": time.perf_counter() - t0}
                     except Exception as e:  # noqa: BLE001 - a kernel that does not compile is a result
-                        row = {"stage": stage.name, "branch": branch, "kernel": name, "wgs": wgs,
-                               "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+                        row = {"stage": stage.name, "branch": branch, "kernel": name, "wgs": wgs, "error": _error(e)}
                     print(row, flush=True)
                     rows.append(row)
     return rows
@@ -110,13 +143,9 @@ def attention_memory_rows(stages) -> list[dict]:
                                         sparse_block_size=stage.sparse_block_size, top_k=stage.top_k,
                                         impl=impl).sum()
 
-            try:
-                c = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(q, kv, kv, gates).lower().compile()
-                rows.append({"stage": stage.name, "impl": impl,
-                             "gib": deviceless.CompiledMemory.of(c).total / GIB})
-            except Exception as e:  # noqa: BLE001
-                rows.append({"stage": stage.name, "impl": impl, "error": f"{type(e).__name__}: {str(e)[:120]}"})
-            print(rows[-1], flush=True)
+            rows.append(memory_row(
+                lambda loss=loss: jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(q, kv, kv, gates).lower().compile(),
+                stage=stage.name, impl=impl))
     return rows
 
 
@@ -134,10 +163,9 @@ def cmd_kernels(args: argparse.Namespace) -> None:
         else:
             lines.append(f"| {r['stage']} | {r['branch']} | {r['kernel']} | {r['wgs']} | {r['registers']} | "
                          f"{r['spill']} | {r['smem_kib']:.1f} | {r['barriers']} |")
-    lines += ["", "Whole Mosaic attention, forward + backward (grads of q, k, v, gates), batch 1, device memory "
-              "(arguments + outputs + temporaries):", "", "| stage | impl | GiB |", "|---|---|---|"]
-    for r in mem:
-        lines.append(f"| {r['stage']} | {r['impl']} | {r.get('error') or '%.2f' % r['gib']} |")
+    lines += ["", "Whole Mosaic attention, forward + backward (grads of q, k, v, gates), batch 1:", "",
+              f"| stage | impl | {MEMORY_HEADER} |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['impl']} | {memory_cells(r)} |" for r in mem]
     body = ("Each Mosaic GPU kernel compiled for sm_90a at the published shapes (bf16, batch 1) by the plugin's "
             "Mosaic GPU compiler: registers and spills from `ptxas -v` (CUDA 13 toolkit), SMEM from the kernel's "
             "scratch allocation. Registers are the function's launch bound (65,536 / threads per CTA, capped "
@@ -174,29 +202,16 @@ def cmd_train(args: argparse.Namespace) -> None:
             sh = shd.state_shardings(mesh, abstract, min_size=tc.fsdp_min_size)
             bsh, rep = shd.batch_sharding(mesh), shd.replicated(mesh)
             static = jax.ShapeDtypeStruct((cfg.n_lon, cfg.n_lat, cfg.num_static), np.float32, sharding=rep)
-            t0 = time.perf_counter()
-            try:
-                compiled = jit_train_step(fns, sh, bsh, rep).lower(
-                    abstract_with_shardings(abstract, sh), abstract_batch(cfg, tc, b, bsh), static).compile()
-            except Exception as e:  # noqa: BLE001 - a step that does not compile is a result
-                rows.append({"impl": impl, "batch": b, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
-                print(rows[-1], flush=True)
-                continue
-            m = deviceless.CompiledMemory.of(compiled)
-            rows.append({"impl": impl, "batch": b, "compile_s": time.perf_counter() - t0, "total": m.total / GIB,
-                         "args": m.argument / GIB, "temp": m.temp / GIB, "fits": m.total <= budget})
-            print(rows[-1], flush=True)
-            if m.total > budget:
+            row = memory_row(lambda: jit_train_step(fns, sh, bsh, rep).lower(
+                abstract_with_shardings(abstract, sh), abstract_batch(cfg, tc, b, bsh), static).compile(),
+                impl=impl, batch=b)
+            row["fits"] = "bytes" in row and row["bytes"] <= budget
+            rows.append(row)
+            if "bytes" in row and not row["fits"]:
                 break
     n_params = count_from_shapes(param_shapes(cfg))
-    lines = ["| attention | batch (ICs) | compile s | device memory GiB | of which arguments | temporaries | fits |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['impl']} | {r['batch']} | - | does not compile: {r['error']} | | | |")
-        else:
-            lines.append(f"| {r['impl']} | {r['batch']} | {r['compile_s']:.0f} | {r['total']:.2f} | {r['args']:.2f} | "
-                         f"{r['temp']:.2f} | {'yes' if r['fits'] else 'no'} |")
+    lines = [f"| attention | batch (ICs) | {MEMORY_HEADER} | fits |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['impl']} | {r['batch']} | {memory_cells(r)} | {'yes' if r['fits'] else 'no'} |" for r in rows]
     largest = {impl: max([r["batch"] for r in rows if r["impl"] == impl and r.get("fits")], default=None)
                for impl in args.attention_impl}
     body = (f"`{args.preset}` train step ({n_params:,} parameters; AdamW with float32 master weights, "
@@ -215,51 +230,45 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- forecast
 def cmd_forecast(args: argparse.Namespace) -> None:
+    from mosaic_jax.attention import BatchSharding
     from mosaic_jax.config import get_config
     from mosaic_jax.model import init_params
     from mosaic_jax.sampler import EnsembleSampler
 
     cfg = get_config(args.preset)
-    device = deviceless.compile_only_devices(1, TARGET)[0]
-    sh = jax.sharding.SingleDeviceSharding(device)
-    sampler = EnsembleSampler(cfg, dtype=jnp.dtype(args.dtype), attention_impl=args.attention_impl)
+    mesh = jax.sharding.Mesh(np.asarray(deviceless.compile_only_devices(args.devices, TARGET)), ("member",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    members = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("member"))
+    # as `mosaic-jax forecast` runs it: members split over the devices, parameters replicated
+    sampler = EnsembleSampler(cfg, dtype=jnp.dtype(args.dtype), attention_impl=args.attention_impl,
+                              batch_sharding=BatchSharding(mesh, ("member",)))
     params = jax.eval_shape(lambda k: init_params(cfg, k), jax.random.key(0))
-    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), params)
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), params)
     grid = (cfg.n_lon, cfg.n_lat, cfg.num_channels)
     rows = []
     for chunk in args.member_chunks:
-        s = lambda shape, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt, sharding=sh)  # noqa: E731
-        abstract = (params, s((chunk, cfg.num_history_steps, *grid)), s((chunk, 2)),
-                    s((cfg.n_lon, cfg.n_lat, cfg.num_static)), jax.ShapeDtypeStruct(
-                        (chunk,), jax.random.key(0).dtype, sharding=sh), s((), jnp.int32))
-        t0 = time.perf_counter()
-        try:
-            compiled = jax.jit(sampler.step, donate_argnums=(1, 2)).trace(*abstract).lower().compile()
-        except Exception as e:  # noqa: BLE001
-            rows.append({"chunk": chunk, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
-            print(rows[-1], flush=True)
+        if chunk % args.devices:
             continue
-        m = deviceless.CompiledMemory.of(compiled)
-        rows.append({"chunk": chunk, "compile_s": time.perf_counter() - t0, "total": m.total / GIB,
-                     "args": m.argument / GIB, "temp": m.temp / GIB})
-        print(rows[-1], flush=True)
-    lines = ["| members per device pass | compile s | device memory GiB | of which arguments | temporaries |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['chunk']} | - | does not compile: {r['error']} | | |")
-        else:
-            lines.append(f"| {r['chunk']} | {r['compile_s']:.0f} | {r['total']:.2f} | {r['args']:.2f} | {r['temp']:.2f} |")
+        s = lambda shape, dt=jnp.float32, sh=members: jax.ShapeDtypeStruct(shape, dt, sharding=sh)  # noqa: E731
+        abstract = (params, s((chunk, cfg.num_history_steps, *grid)), s((chunk, 2)),
+                    s((cfg.n_lon, cfg.n_lat, cfg.num_static), sh=replicated), s((chunk,), jax.random.key(0).dtype),
+                    s((), jnp.int32, sh=replicated))
+        rows.append(memory_row(
+            lambda abstract=abstract: jax.jit(sampler.step, donate_argnums=(1, 2)).trace(*abstract).lower().compile(),
+            chunk=chunk))
+    lines = [f"| members per pass (all devices) | {MEMORY_HEADER} |", "|---|---|---|---|---|"]
+    lines += [f"| {r['chunk']} | {memory_cells(r)} |" for r in rows]
     body = (f"One forecast step of `{args.preset}` (the jitted `EnsembleSampler.step` that `mosaic-jax forecast` runs; "
-            f"{args.dtype} compute, attention `{args.attention_impl}`, float32 parameters) compiled for one H100. "
-            f"Device memory per member-chunk pass is XLA's buffer assignment: parameters, history window, "
+            f"{args.dtype} compute, attention `{args.attention_impl}`, float32 parameters) compiled for "
+            f"{args.devices} H100(s), members split over them. "
+            f"Device memory (per device) is XLA's buffer assignment: parameters, history window, "
             f"noise and temporaries; each step's output streams to host, so it does not grow with the number of "
             f"steps. The published release states ~9 GB for one member. Timings need the device "
             f"(`bench_forecast.py`).\n\n" + "\n".join(lines))
     print(body)
     if not args.no_record:
         print("->", append_result("forecast", f"{args.preset} forecast step compiled for the H100 without a GPU",
-                                  body, device=_device_line()))
+                                  body, device=_device_line(args.devices)))
 
 
 def main(argv=None) -> int:
@@ -282,6 +291,7 @@ def main(argv=None) -> int:
     f.add_argument("--member-chunks", type=int, nargs="+", default=[1, 8, 24])
     f.add_argument("--dtype", default="bfloat16")
     f.add_argument("--attention-impl", default="pallas", choices=["pallas", "xla"])
+    f.add_argument("--devices", type=int, default=1, help="compile-only H100s the members are split over")
     args = p.parse_args(argv)
     reason = deviceless.available()
     if reason:
