@@ -87,7 +87,8 @@ def throughput(args: argparse.Namespace) -> None:
     from mosaic_jax.training import sharding as shd
     from mosaic_jax.training.checkpointing import abstract_with_shardings
     from mosaic_jax.training.metrics import compiled_flops, peak_flops_per_device
-    from mosaic_jax.training.train_step import abstract_batch, build_step_fns, init_state, jit_train_step
+    from mosaic_jax.training.train_step import (abstract_batch, build_step_fns, init_state, jit_train_step,
+                                                lower_train_step)
 
     cfg = get_config(args.preset)
     dev = jax.devices()[0]
@@ -106,13 +107,7 @@ def throughput(args: argparse.Namespace) -> None:
         tc1 = TrainConfig(batch_size=1, ensemble_members=2, compute_dtype=args.dtype, remat=False,
                           attention_impl=args.attention_impl, total_steps=1000, warmup_steps=10)
         mesh1 = make_mesh(1, 1, 1, devices=jax.devices()[:1])
-        fns1 = build_step_fns(cfg, tc1, mesh1)
-        abs1 = jax.eval_shape(lambda k: init_state(cfg, tc1, fns1.tx, k), jax.random.PRNGKey(0))
-        sh1 = shd.state_shardings(mesh1, abs1)
-        st1 = jax.ShapeDtypeStruct((cfg.n_lon, cfg.n_lat, cfg.num_static), np.float32, sharding=shd.replicated(mesh1))
-        step1 = jit_train_step(fns1, sh1, shd.batch_sharding(mesh1), shd.replicated(mesh1))
-        model_flops_1 = compiled_flops(step1.lower(
-            abstract_with_shardings(abs1, sh1), abstract_batch(cfg, tc1, 1, shd.batch_sharding(mesh1)), st1).compile())
+        model_flops_1 = compiled_flops(lower_train_step(cfg, tc1, mesh1).compile())
         print(f"model FLOPs per initial condition (no remat): {model_flops_1:.4g}", flush=True)
     for b in args.batch_sizes:
         tc = TrainConfig(batch_size=b, ensemble_members=2, compute_dtype=args.dtype, remat=not args.no_remat,

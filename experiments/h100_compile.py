@@ -183,8 +183,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from mosaic_jax.model import param_shapes
     from mosaic_jax.training import TrainConfig, make_mesh
     from mosaic_jax.training import sharding as shd
-    from mosaic_jax.training.checkpointing import abstract_with_shardings
-    from mosaic_jax.training.train_step import abstract_batch, build_step_fns, init_state, jit_train_step
+    from mosaic_jax.training.train_step import lower_train_step
 
     cfg = get_config(args.preset)
     devices = deviceless.compile_only_devices(args.devices, TARGET)
@@ -197,14 +196,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             mesh = make_mesh(-1, 1, args.fsdp, devices=devices)
             if b % shd.mesh_size(mesh, "batch"):
                 continue
-            fns = build_step_fns(cfg, tc, mesh)
-            abstract = jax.eval_shape(lambda k, tc=tc, fns=fns: init_state(cfg, tc, fns.tx, k), jax.random.key(0))
-            sh = shd.state_shardings(mesh, abstract, min_size=tc.fsdp_min_size)
-            bsh, rep = shd.batch_sharding(mesh), shd.replicated(mesh)
-            static = jax.ShapeDtypeStruct((cfg.n_lon, cfg.n_lat, cfg.num_static), np.float32, sharding=rep)
-            row = memory_row(lambda: jit_train_step(fns, sh, bsh, rep).lower(
-                abstract_with_shardings(abstract, sh), abstract_batch(cfg, tc, b, bsh), static).compile(),
-                impl=impl, batch=b)
+            row = memory_row(lambda: lower_train_step(cfg, tc, mesh).compile(), impl=impl, batch=b)
             row["fits"] = "bytes" in row and row["bytes"] <= budget
             rows.append(row)
             if "bytes" in row and not row["fits"]:

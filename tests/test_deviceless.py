@@ -4,16 +4,15 @@ or the CUDA toolkit is absent (``make install`` provides the plugin)."""
 
 from __future__ import annotations
 
+import math
+
 import jax
-import numpy as np
 import pytest
 
 from mosaic_jax import deviceless
 from mosaic_jax.training import make_mesh
-from mosaic_jax.training import sharding as shd
-from mosaic_jax.training.checkpointing import abstract_with_shardings
 from mosaic_jax.training.testing import micro_config, micro_train_config
-from mosaic_jax.training.train_step import abstract_batch, build_step_fns, init_state, jit_train_step
+from mosaic_jax.training.train_step import lower_train_step
 
 needs_compiler = pytest.mark.skipif(deviceless.available() is not None,
                                     reason=f"no deviceless H100 compiler: {deviceless.available()}")
@@ -50,19 +49,12 @@ def test_fsdp_train_step_on_eight_h100s_holds_an_eighth_of_the_state_per_device(
     parameters and optimizer state that each device holds by the fsdp size."""
     cfg = micro_config()
 
-    def argument_bytes(devices: list, fsdp: int) -> int:
+    def argument_bytes(devices: list, fsdp: int) -> tuple[int, int]:
         tc = micro_train_config(batch_size=8, mesh_fsdp=fsdp, mesh_data=len(devices) // fsdp)
-        mesh = make_mesh(len(devices) // fsdp, 1, fsdp, devices=devices)
-        fns = build_step_fns(cfg, tc, mesh)
-        abstract = jax.eval_shape(lambda k: init_state(cfg, tc, fns.tx, k), jax.random.key(0))
-        sh = shd.state_shardings(mesh, abstract, min_size=tc.fsdp_min_size)
-        rep = shd.replicated(mesh)
-        static = jax.ShapeDtypeStruct((cfg.n_lon, cfg.n_lat, cfg.num_static), np.float32, sharding=rep)
-        compiled = jit_train_step(fns, sh, shd.batch_sharding(mesh), rep).lower(
-            abstract_with_shardings(abstract, sh), abstract_batch(cfg, tc, 8, shd.batch_sharding(mesh)), static
-        ).compile()
-        state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
-        return deviceless.CompiledMemory.of(compiled).argument, state_bytes
+        lowered = lower_train_step(cfg, tc, make_mesh(len(devices) // fsdp, 1, fsdp, devices=devices))
+        state_info = lowered.args_info[0][0]
+        state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state_info))
+        return deviceless.CompiledMemory.of(lowered.compile()).argument, state_bytes
 
     one, state = argument_bytes(deviceless.compile_only_devices(1), 1)
     eight, _ = argument_bytes(deviceless.compile_only_devices(8), 8)

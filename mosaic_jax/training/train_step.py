@@ -218,6 +218,21 @@ def jit_train_step(fns: StepFns, state_sharding: Any, batch_sharding: Any, stati
                    out_shardings=(state_sharding, metric_sharding), donate_argnums=(0,))
 
 
+def lower_train_step(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh) -> jax.stages.Lowered:
+    """The jitted train step lowered for abstract state, batch and statics on ``mesh``: nothing
+    is allocated. For compiling ahead of time (memory, cost analysis), also on compile-only
+    devices (``mosaic_jax.deviceless``)."""
+    from mosaic_jax.training.checkpointing import abstract_with_shardings
+
+    fns = build_step_fns(cfg, tc, mesh)
+    abstract = jax.eval_shape(lambda k: init_state(cfg, tc, fns.tx, k), jax.random.key(0))
+    sh = shd.state_shardings(mesh, abstract, min_size=tc.fsdp_min_size)
+    bsh, rep = shd.batch_sharding(mesh), shd.replicated(mesh)
+    static = jax.ShapeDtypeStruct((cfg.n_lon, cfg.n_lat, cfg.num_static), jnp.float32, sharding=rep)
+    return jit_train_step(fns, sh, bsh, rep).lower(abstract_with_shardings(abstract, sh),
+                                                   abstract_batch(cfg, tc, tc.batch_size, bsh), static)
+
+
 def jit_eval_step(fns: StepFns, params_sharding: Any, batch_sharding: Any, static_sharding: Any) -> Callable:
     rep = None if fns.mesh is None else shd.replicated(fns.mesh)
     return jax.jit(fns.eval_step, in_shardings=(params_sharding, batch_sharding, static_sharding, rep),
