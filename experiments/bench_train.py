@@ -5,17 +5,22 @@ throughput / MFU / largest batch for a preset (``paper-era5`` by default).
     .venv/bin/python experiments/bench_train.py loss --minutes 4
     # throughput of paper-era5 (2 members, bf16, per-block remat), batch sweep for the largest that fits
     .venv/bin/python experiments/bench_train.py throughput --preset paper-era5 --batch-sizes 1 2 4 8 16
+    # the step's FLOPs and what the MFU target means in initial conditions per second (runs nothing)
+    .venv/bin/python experiments/bench_train.py flops --target-mfu 0.35
 
 Both append a dated section to ``experiments/results/train.md``. ``throughput`` times the
 compiled train step (AdamW, clipping, CRPS over 2 members) on synthetic batches, so it
 measures the model and optimizer, not the data pipeline (``bench_data.py`` does that). MFU is
-``cost-analysis FLOPs / (step time x peak)``, with the device's dense bf16 peak (H100: 989 TFLOP/s)
-or ``--peak-tflops``; on a CPU none is assumed and MFU is not reported.
+``model FLOPs / (step time x peak)``, HFU the same with the recomputation of remat counted; FLOPs
+are counted from the step's jaxpr (``train_step.train_step_flops``: XLA's cost analysis misses
+loop iterations and Pallas kernels). Peak: the device's dense bf16 rate (H100: 989 TFLOP/s) or
+``--peak-tflops``; on a CPU none is assumed and MFU is not reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -86,9 +91,9 @@ def throughput(args: argparse.Namespace) -> None:
     from mosaic_jax.training import TrainConfig, make_mesh
     from mosaic_jax.training import sharding as shd
     from mosaic_jax.training.checkpointing import abstract_with_shardings
-    from mosaic_jax.training.metrics import compiled_flops, peak_flops_per_device
-    from mosaic_jax.training.train_step import (abstract_batch, build_step_fns, init_state, jit_train_step,
-                                                lower_train_step)
+    from mosaic_jax.training.metrics import peak_flops_per_device
+    from mosaic_jax.training.train_step import abstract_batch, build_step_fns, init_state, jit_train_step, \
+        train_step_flops
 
     cfg = get_config(args.preset)
     dev = jax.devices()[0]
@@ -102,13 +107,11 @@ def throughput(args: argparse.Namespace) -> None:
         limit = args.memory_gb * 2**30
     rows = []
     largest_fit = None
-    model_flops_1 = None  # FLOPs of the same step without remat at batch 1: model FLOPs, for MFU
-    if not args.no_remat:
-        tc1 = TrainConfig(batch_size=1, ensemble_members=2, compute_dtype=args.dtype, remat=False,
-                          attention_impl=args.attention_impl, total_steps=1000, warmup_steps=10)
-        mesh1 = make_mesh(1, 1, 1, devices=jax.devices()[:1])
-        model_flops_1 = compiled_flops(lower_train_step(cfg, tc1, mesh1).compile())
-        print(f"model FLOPs per initial condition (no remat): {model_flops_1:.4g}", flush=True)
+    tc1 = TrainConfig(batch_size=1, ensemble_members=2, compute_dtype=args.dtype, remat=False, total_steps=1000,
+                      warmup_steps=10)
+    model_flops_1 = train_step_flops(cfg, tc1)  # per initial condition, no recomputation: MFU's numerator
+    hardware_flops_1 = model_flops_1 if args.no_remat else train_step_flops(cfg, dataclasses.replace(tc1, remat=True))
+    print(f"FLOPs per initial condition: model {model_flops_1:.4g}, with remat {hardware_flops_1:.4g}", flush=True)
     for b in args.batch_sizes:
         tc = TrainConfig(batch_size=b, ensemble_members=2, compute_dtype=args.dtype, remat=not args.no_remat,
                          attention_impl=args.attention_impl, mesh_fsdp=args.fsdp, total_steps=1000, warmup_steps=10,
@@ -133,7 +136,7 @@ def throughput(args: argparse.Namespace) -> None:
         mem = compiled.memory_analysis()
         need = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                 - mem.alias_size_in_bytes) if mem is not None else None
-        flops = compiled_flops(compiled)
+        flops = hardware_flops_1 * b / n_dev  # per device, recomputation included
         row = {"batch": b, "compile_s": compile_s, "mem_gib": None if need is None else need / 2**30, "flops": flops}
         fits = limit is None or need is None or need <= limit
         row["fits"] = fits
@@ -158,10 +161,10 @@ def throughput(args: argparse.Namespace) -> None:
                 rows.append(row)
                 break
             step = float(np.median(times))
-            model_flops = (model_flops_1 * b / n_dev) if model_flops_1 else flops
+            model_flops = model_flops_1 * b / n_dev
             row.update(step_s=step, samples_per_s=b / step, members_per_s=2 * b / step,
-                       mfu=(model_flops / (step * peak)) if (model_flops and peak) else None,
-                       hfu=(flops / (step * peak)) if (flops and peak) else None, loss=float(m["loss"]))
+                       mfu=(model_flops / (step * peak)) if peak else None,
+                       hfu=(flops / (step * peak)) if peak else None, loss=float(m["loss"]))
             del state
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -171,7 +174,7 @@ def throughput(args: argparse.Namespace) -> None:
             break
     n_params = count_from_shapes(param_shapes(cfg))
     head = ("| batch (ICs) | compile s | compiled memory GiB | fits | step s | samples/s (ICs) | member-forecasts/s |"
-            " GFLOP/step/device (compiled, incl. remat) | MFU | HFU |")
+            " GFLOP/step/device (incl. remat) | MFU | HFU |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "compile_s" not in r:
@@ -180,7 +183,7 @@ def throughput(args: argparse.Namespace) -> None:
         f = lambda k, fmt: (fmt % r[k]) if r.get(k) is not None else "-"  # noqa: E731
         lines.append(f"| {r['batch']} | {r['compile_s']:.0f} | {f('mem_gib', '%.2f')} | {'yes' if r['fits'] else 'no'} "
                      f"| {f('step_s', '%.3f')} | {f('samples_per_s', '%.3f')} | {f('members_per_s', '%.3f')} | "
-                     f"{f('flops', '%.0f') if r.get('flops') is None else '%.0f' % (r['flops'] / 1e9)} | "
+                     f"{r['flops'] / 1e9:.0f} | "
                      f"{'-' if r.get('mfu') is None else '%.1f%%' % (100 * r['mfu'])} | "
                      f"{'-' if r.get('hfu') is None else '%.1f%%' % (100 * r['hfu'])} |")
     platform = dev.platform.upper()
@@ -191,14 +194,41 @@ def throughput(args: argparse.Namespace) -> None:
             f"Memory budget: {'%.1f GiB' % (limit / 2**30) if limit else 'none'}; largest batch that fits: "
             f"{largest_fit}. Peak for MFU: "
             f"{'%.0f TFLOP/s' % (peak / 1e12) if peak else 'none (no MFU on ' + platform + ')'}"
-            f". MFU counts model FLOPs (the step compiled without remat: "
-            f"{'%.4g' % model_flops_1 if model_flops_1 else 'n/a'} per initial condition); HFU counts the compiled "
-            f"step's FLOPs, recomputation included.\n\n" + "\n".join(lines))
+            f". MFU counts model FLOPs ({model_flops_1:.4g} per initial condition: the step's matrix FLOPs "
+            f"without remat, counted from its jaxpr); HFU counts {hardware_flops_1:.4g}, recomputation "
+            f"included.\n\n" + "\n".join(lines))
     if args.note:
         body += "\n\n" + args.note
     print(body)
     if not args.no_record:
         print("->", append_result("train", f"Throughput {args.preset} ({platform})", body))
+
+
+def flops(args: argparse.Namespace) -> None:
+    """Model and hardware FLOPs of a train step, and the throughput an MFU target means on an H100."""
+    from mosaic_jax.config import get_config
+    from mosaic_jax.training import TrainConfig
+    from mosaic_jax.training.metrics import PEAK_TFLOPS
+    from mosaic_jax.training.train_step import train_step_flops
+
+    cfg = get_config(args.preset)
+    tc = TrainConfig(batch_size=1, ensemble_members=args.members, remat=False, total_steps=1000, warmup_steps=10)
+    model = train_step_flops(cfg, tc)
+    hardware = train_step_flops(cfg, dataclasses.replace(tc, remat=True))
+    peak = (args.peak_tflops or PEAK_TFLOPS["H100"]) * 1e12
+    lines = [f"`{args.preset}` train step, {args.members} members per initial condition (IC): {model / 1e12:.2f} TFLOP "
+             f"of matrix products per IC (model FLOPs: forward and backward, no recomputation), {hardware / 1e12:.2f} "
+             "TFLOP with per-block remat; counted from the step's jaxpr, attention as its three branches define it. "
+             "Nothing ran.", "",
+             "| MFU | ICs/s on one GPU at " f"{peak / 1e12:.0f} TFLOP/s | step s per IC |", "|---|---|---|"]
+    for mfu in args.target_mfu:
+        rate = mfu * peak / model
+        lines.append(f"| {100 * mfu:.0f}% | {rate:.2f} | {1 / rate:.3f} |")
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_record:
+        print("->", append_result("train", f"{args.preset} train-step FLOPs against the MFU target", body,
+                                  device="none: FLOPs counted from the traced program on the CPU; nothing executed"))
 
 
 def main() -> None:
@@ -233,6 +263,13 @@ def main() -> None:
     tp.add_argument("--note", help="a line appended to the recorded result")
     tp.add_argument("--no-record", action="store_true")
     tp.set_defaults(func=throughput)
+    fl = sub.add_parser("flops", help="count the step's FLOPs; what an MFU target means in ICs/s (runs nothing)")
+    fl.add_argument("--preset", default="paper-era5")
+    fl.add_argument("--members", type=int, default=2)
+    fl.add_argument("--target-mfu", type=float, nargs="+", default=[0.35])
+    fl.add_argument("--peak-tflops", type=float, help="default: the H100's dense bf16 rate")
+    fl.add_argument("--no-record", action="store_true")
+    fl.set_defaults(func=flops)
     args = p.parse_args()
     args.func(args)
 

@@ -100,4 +100,21 @@ def sample(cfg: ModelConfig, params: Any, history: Array, day_year: Array, stati
     return jax.jit(sampler.rollout, static_argnums=(5,))(params, hist, dy, static, keys, num_steps)
 
 
+def member_step_flops(cfg: ModelConfig) -> float:
+    """Matrix FLOPs of one forecast step of one member, counted from the step's jaxpr
+    (``mosaic_jax.flop_count``; attention on its pure-JAX path, which defines the FLOPs the
+    Pallas kernels perform). A forecast of M members x S steps does M * S times this."""
+    from mosaic_jax.flop_count import count_flops
+    from mosaic_jax.model import param_shapes
+
+    sampler = EnsembleSampler(cfg, dtype=jnp.bfloat16, attention_impl="xla")
+    f32 = jnp.float32
+    params = param_shapes(cfg)
+    history = jax.ShapeDtypeStruct((1, cfg.num_history_steps, cfg.n_lon, cfg.n_lat, cfg.num_channels), f32)
+    static = jax.ShapeDtypeStruct((cfg.n_lon, cfg.n_lat, cfg.num_static), f32)
+    keys = jax.eval_shape(lambda: member_keys(jax.random.key(0), jnp.arange(1)))
+    return count_flops(sampler.step, params, history, jax.ShapeDtypeStruct((1, 2), f32), static, keys,
+                       jax.ShapeDtypeStruct((), jnp.int32))
+
+
 StepFn = Callable[[Any, Array, Array, Array, Array, Array], tuple[Array, Array, Array]]

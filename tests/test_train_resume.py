@@ -161,3 +161,16 @@ def test_nonfinite_streak_stops_training(store: Path, env: dict[str, str], tmp_p
     assert int(s3["total_nonfinite"]) == 1
     for a, b in zip(_leaves((s2["params"], s2["opt_state"])), _leaves((s3["params"], s3["opt_state"]))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_mfu_divides_the_counted_model_flops(store: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """With a peak given, the run reports MFU from the train step's model FLOPs (counted from
+    its jaxpr without remat, per device) over the measured step time."""
+    from mosaic_jax.training.train_step import train_step_flops
+
+    overrides = {"total_steps": 4, "eval_every": 0, "peak_tflops": 1.0}
+    result, out = _run(store, tmp_path, env, "--overrides", json.dumps(overrides))
+    expected = train_step_flops(micro_config(), micro_train_config(**overrides, remat=False))
+    assert result["flops_per_step"] == expected
+    assert result["mfu"] == pytest.approx(expected / (result["step_time"] * 1e12), rel=1e-9)
+    assert "model FLOPs per device per step" in out

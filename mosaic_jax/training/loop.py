@@ -34,10 +34,9 @@ from mosaic_jax.training import sharding as shd
 from mosaic_jax.training.checkpointing import Checkpointer, abstract_with_shardings
 from mosaic_jax.training.config import TrainConfig
 from mosaic_jax.training.loss import residual_channel_scale
-from mosaic_jax.training.metrics import Throughput, Writer, compiled_flops, format_postfix, memory_summary, \
-    peak_flops_per_device
+from mosaic_jax.training.metrics import Throughput, Writer, format_postfix, memory_summary, peak_flops_per_device
 from mosaic_jax.training.train_step import BATCH_KEYS, abstract_batch, build_step_fns, fresh_state, init_state, \
-    jit_eval_step, jit_train_step
+    jit_eval_step, jit_train_step, train_step_flops
 
 STATS_FILE = "stats.npz"
 MODEL_DIR = "model"
@@ -281,15 +280,18 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_path: str | Path,
     t0 = time.perf_counter()
     step_fn = jit_train_step(fns, state_sh, batch_sh, rep)
     compiled = step_fn.lower(abstract_state, abstract_batch(cfg, tc, tc.batch_size, batch_sh), static).compile()
-    flops = compiled_flops(compiled)
     _say(f"compiled train step in {time.perf_counter() - t0:.1f} s on {mesh.devices.size} device(s) "
-         f"{dict(mesh.shape)}: {memory_summary(compiled)}; "
-         f"{'%.3g' % flops if flops else 'unknown'} FLOPs per device per step")
+         f"{dict(mesh.shape)}: {memory_summary(compiled)}")
+    peak = peak_flops_per_device(tc.peak_tflops)
+    flops = None  # model FLOPs per device per step (no recomputation): MFU's numerator
+    if peak is not None:  # counted only where an MFU can be reported (a known accelerator or --peak-tflops)
+        flops = train_step_flops(cfg, dataclasses.replace(tc, remat=False)) / mesh.devices.size
+        _say(f"{flops:.3g} model FLOPs per device per step; peak {peak / 1e12:.0f} TFLOP/s per device")
     eval_fn = jit_eval_step(fns, state_sh["params"], batch_sh, rep) if val_src is not None else None
 
     meta = {"model_config": cfg.to_dict(), "train_config": tc.to_dict(), "mesh": dict(mesh.shape),
             "process_count": nproc}
-    tp = Throughput(tc.batch_size, flops, peak_flops_per_device(tc.peak_tflops))
+    tp = Throughput(tc.batch_size, flops, peak)
     writer = Writer(workdir / "tensorboard", workdir / "metrics.jsonl")
     stop_at = tc.total_steps if max_steps is None else min(tc.total_steps, start + max_steps)
     last: dict[str, Any] = {}

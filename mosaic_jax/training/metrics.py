@@ -1,11 +1,11 @@
 """Watching a run: progress bar, TensorBoard scalars, throughput and MFU.
 
-MFU = (FLOPs of one compiled train step, from XLA's cost analysis, per device) /
-(step time x peak FLOP/s per device). The cost analysis counts the FLOPs XLA will execute,
-rematerialised recomputation included (strictly that makes it a hardware FLOPs utilisation);
-custom kernels (Pallas) count only what their cost estimate declares. Peak FLOP/s is the dense
-bf16 tensor-core rate of the device kind, or ``--peak-tflops``; on a CPU there is no default and
-MFU is not reported.
+MFU = model FLOPs per device per step / (step time x peak FLOP/s per device). Model FLOPs
+are the matrix FLOPs of the train step without rematerialisation, counted from its jaxpr
+(``train_step.train_step_flops``, ``mosaic_jax.flop_count``): XLA's cost analysis counts
+a loop body once and a Pallas kernel as zero, which would leave out most of the attention.
+Peak FLOP/s is the dense bf16 tensor-core rate of the device kind, or ``--peak-tflops``; on
+a CPU there is no default and MFU is not reported.
 """
 
 from __future__ import annotations
@@ -35,20 +35,6 @@ def peak_flops_per_device(override_tflops: float | None = None) -> float | None:
         if name in kind:
             return tflops * 1e12
     return None
-
-
-def compiled_flops(compiled: Any) -> float | None:
-    """FLOPs per device of a compiled executable (None where XLA does not say)."""
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - some backends do not implement it
-        return None
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else None
-    if not cost:
-        return None
-    flops = cost.get("flops")
-    return float(flops) if flops and flops > 0 else None
 
 
 def memory_summary(compiled: Any) -> str:

@@ -233,6 +233,22 @@ def lower_train_step(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh) -> jax.stage
                                                    abstract_batch(cfg, tc, tc.batch_size, bsh), static)
 
 
+def train_step_flops(cfg: ModelConfig, tc: TrainConfig, batch_size: int | None = None) -> float:
+    """Matrix FLOPs of one train step over the whole batch, counted from its jaxpr
+    (``mosaic_jax.flop_count``): with ``tc.remat`` the recomputation is included (hardware
+    FLOPs), without it they are the model FLOPs that MFU divides by. The attention is traced
+    on its pure-JAX path, which defines the FLOPs the Pallas kernels perform; nothing runs.
+    """
+    from mosaic_jax.flop_count import count_flops
+
+    tc = dataclasses.replace(tc, attention_impl="xla", mesh_data=1, mesh_ensemble=1, mesh_fsdp=1,
+                             batch_size=batch_size or tc.batch_size, loss_normalization="state")
+    fns = build_step_fns(cfg, tc, None)
+    state = jax.eval_shape(lambda k: init_state(cfg, tc, fns.tx, k), jax.random.key(0))
+    static = jax.ShapeDtypeStruct((cfg.n_lon, cfg.n_lat, cfg.num_static), jnp.float32)
+    return count_flops(fns.train_step, state, abstract_batch(cfg, tc, tc.batch_size), static)
+
+
 def jit_eval_step(fns: StepFns, params_sharding: Any, batch_sharding: Any, static_sharding: Any) -> Callable:
     rep = None if fns.mesh is None else shd.replicated(fns.mesh)
     return jax.jit(fns.eval_step, in_shardings=(params_sharding, batch_sharding, static_sharding, rep),
