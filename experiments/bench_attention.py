@@ -1,6 +1,9 @@
 """Benchmark of Mosaic attention on a Hopper GPU (issue 3), written to experiments/results/attention.md.
 
 What it measures, all in one run on one device:
+  0. correctness at the published shapes: each kernel branch (selected, local) against the
+     float32 pure-JAX reference on the same selection, output and q/k/v gradients, and the
+     whole attention pallas vs xla; relative L2, bound 2e-2 for bf16 (as the CPU tests);
   1. the bf16 matmul rate of this GPU (8192^3, the ceiling every TFLOP/s is compared with);
   2. the selection-branch kernels alone at the stage-1 shape: forward, and backward (dq +
      dk/dv kernels) -- targets 50% / 35% of the measured matmul rate;
@@ -44,7 +47,9 @@ from mosaic_jax.attention import reference  # noqa: E402
 from pallas_kernels.mosaic_attention import flops  # noqa: E402
 from pallas_kernels.mosaic_attention import mosaic_attention as pallas_mosaic_attention  # noqa: E402
 from pallas_kernels.mosaic_attention.config import PUBLISHED_STAGES  # noqa: E402
+from pallas_kernels.mosaic_attention.local_kernel import local_attention  # noqa: E402
 from pallas_kernels.mosaic_attention.selection_kernel import (  # noqa: E402
+    selected_attention,
     selection_backward_dkv,
     selection_backward_dq,
     selection_forward,
@@ -56,6 +61,7 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 STAGES = PUBLISHED_STAGES  # (name, tokens, Hq, Hk, head_dim, block_attn, sparse block, top-k)
 SCALING_LENGTHS = [8_192 * 2**i for i in range(7)]  # 8k .. 512k
 TINY_STAGES = [("tiny", 512, 4, 1, 64, 256, 64, 3)]  # --interpret-smoke
+TOL_BF16 = 2e-2  # relative L2 bound for bf16 inputs (issue 3; the CPU tests use the same)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -111,6 +117,49 @@ def matmul_rate(iters: int, size: int = 8192) -> dict:
 
 
 # ----------------------------------------------------------------------------- sections
+
+
+def _rel_l2(x, ref) -> float:
+    x, ref = jnp.asarray(x, jnp.float32), jnp.asarray(ref, jnp.float32)
+    if not bool(jnp.isfinite(x).all()):
+        return float("nan")
+    return float(jnp.linalg.norm(x - ref) / jnp.linalg.norm(ref))
+
+
+def check_correctness(stage, batch: int) -> dict:
+    """Kernels against the float32 pure-JAX reference at one published shape.
+
+    Per branch (selected on the selection the model would make, local on its fixed blocks):
+    relative L2 of the output and of dq, dk, dv for a random cotangent, the reference run on
+    the bf16 inputs upcast. Whole attention: pallas vs xla on the same bf16 inputs (both
+    select from the same block scores), output and gradients of q, k, v and the gates.
+    """
+    name, n, hq, hk, d, block, bs, top_k = stage
+    q, k, v, gates = _inputs(7, batch, n, hq, hk, d)
+    cot = jax.random.normal(jax.random.key(8), q.shape, jnp.float32)
+    idx = jax.jit(reference.select_blocks, static_argnums=(2, 3))(q, k, bs, top_k)
+    up = lambda x: x.astype(jnp.float32)  # noqa: E731
+
+    def out_and_grads(fn, *args):
+        return jax.jit(lambda *a: (lambda o, vjp: (o, *vjp(cot)))(*jax.vjp(fn, *a)))(*args)
+
+    branches = {
+        "selected": (lambda q, k, v: selected_attention(q, k, v, idx, bs),
+                     lambda q, k, v: reference.selected_attention(q, k, v, idx, bs)),
+        "local": (lambda q, k, v: local_attention(q, k, v, block),
+                  lambda q, k, v: reference.local_attention(q, k, v, block)),
+    }
+    row = {"stage": name}
+    for branch, (kernel, ref) in branches.items():
+        got = out_and_grads(kernel, q, k, v)
+        want = out_and_grads(ref, up(q), up(k), up(v))
+        row[branch] = {key: _rel_l2(a, b) for key, a, b in zip(("o", "dq", "dk", "dv"), got, want)}
+        del got, want
+    kw = dict(block_attn_size=block, sparse_block_size=bs, top_k=top_k)
+    got = out_and_grads(functools.partial(pallas_mosaic_attention, **kw), q, k, v, gates)
+    want = out_and_grads(functools.partial(reference.mosaic_attention, **kw), q, k, v, gates)
+    row["whole (vs xla)"] = {key: _rel_l2(a, b) for key, a, b in zip(("o", "dq", "dk", "dv", "dgates"), got, want)}
+    return row
 
 
 def bench_selection(stage, iters: int, batch: int) -> dict:
@@ -213,11 +262,25 @@ def flop_table(batch: int) -> str:
     return "\n".join(lines) + f"\n\nGFLOP, batch {batch}; see flops.py for the formulas.\n"
 
 
-def render(meta, mm, sel, mosaic, scaling, batch) -> str:
+def render(meta, mm, sel, mosaic, scaling, batch, checks=None) -> str:
     out = [BEGIN, "## Measured (written by experiments/bench_attention.py)", ""]
     out += [f"- command: `{meta['command']}`", f"- device: {meta['device']}", f"- jax: {meta['jax']}",
             f"- date: {meta['date']}", f"- timer: CUPTI device time, median of {meta['iters']} runs "
             "(host wall-clock median in parentheses); 3 rotating random input sets", ""]
+    if checks:
+        out += [f"### Correctness at the published shapes (relative L2, bf16 inputs; bound {TOL_BF16:g})", "",
+                "| stage | compared | o | dq | dk | dv | dgates | within bound |", "|---|---|---|---|---|---|---|---|"]
+        for r in checks:
+            if "error" in r:
+                out.append(f"| {r['stage']} | - | {r['error']} | | | | | no |")
+                continue
+            for what, errs in r.items():
+                if what == "stage":
+                    continue
+                cells = [f"{errs[k]:.2e}" if k in errs else "-" for k in ("o", "dq", "dk", "dv", "dgates")]
+                ok = all(e <= TOL_BF16 for e in errs.values())  # NaN compares False: not within
+                out.append(f"| {r['stage']} | {what} | {' | '.join(cells)} | {'yes' if ok else '**NO**'} |")
+        out.append("")
     if mm:
         out += [f"bf16 matmul 8192^3: {_fmt_ms(mm)} ms = **{mm['tflops']:.1f} TFLOP/s** (the reference rate)", ""]
     if sel:
@@ -277,11 +340,15 @@ def main(argv=None) -> int:
         from jax.experimental.pallas import mosaic_gpu as plgpu
 
         with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
+            checks = check_correctness(TINY_STAGES[0], 1)
+            print("correctness", checks)
             sel = bench_selection(TINY_STAGES[0], 1, 1)
             mosaic = bench_mosaic(TINY_STAGES[0], 1, 1)
         print("selection", sel)
         print("mosaic", mosaic)
         bad = [r for r in mosaic for key in ("fwd", "fwd_bwd") if "error" in r[key]]
+        bad += [what for what, errs in checks.items() if what != "stage" and not all(
+            e <= TOL_BF16 for e in errs.values())]
         print("interpret smoke:", "FAILED" if bad else "ok (timings on CPU are meaningless)")
         return 1 if bad else 0
 
@@ -293,21 +360,34 @@ def main(argv=None) -> int:
             "jax": jax.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "iters": args.iters}
     print(meta)
+    checks, mm, sel, mosaic, scaling = [], None, None, [], None
+
+    def save() -> None:  # after every section: a run stopped at its time limit keeps what it measured
+        write_results(render(meta, mm, sel, mosaic, scaling, args.batch, checks), args.out)
+
+    for stage in STAGES:
+        try:
+            checks.append(check_correctness(stage, args.batch))
+        except Exception as e:  # a failure here is a result: recorded, and the timings still run
+            traceback.print_exc()
+            checks.append({"stage": stage[0], "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
+        print("correctness", checks[-1], flush=True)
+    save()
     mm = matmul_rate(args.iters)
     print("matmul", mm)
-    sel = mosaic = scaling = None
     try:
         sel = bench_selection(STAGES[0], args.iters, args.batch)
         print("selection", sel)
     except Exception:
         traceback.print_exc()
-    mosaic = []
+    save()
     for stage in STAGES:
         mosaic += bench_mosaic(stage, args.iters, args.batch)
         print("mosaic", mosaic[-2:])
+        save()
     if not args.skip_scaling:
         scaling = bench_scaling(args.scaling_lengths, args.iters, args.batch, STAGES[0])
-    write_results(render(meta, mm, sel, mosaic, scaling, args.batch), args.out)
+        save()
     return 0
 
 
