@@ -82,6 +82,7 @@ MEMORY_HEADER = "compile s | device memory GiB | of which arguments | temporarie
 # ----------------------------------------------------------------------------- kernels
 def kernel_rows(stages, wgs_options) -> list[dict]:
     """Compile every kernel (selected and local branch; forward, dq, dk/dv) at each stage shape."""
+    from pallas_kernels.mosaic_attention import fused_kernel
     from pallas_kernels.mosaic_attention.config import SelectionConfig, local_tile_size
     from pallas_kernels.mosaic_attention.selection_kernel import (
         selection_backward_dkv,
@@ -110,16 +111,25 @@ def kernel_rows(stages, wgs_options) -> list[dict]:
                     ("dk/dv", lambda q, k, v, do, l, de, i, b=block, c=cfg: selection_backward_dkv(
                         q, k, v, do, l, de, i, block_size=b, config=c), (q, kv, kv, q, lse, lse, idx)),
                 ]
+                if branch == "selected" and fused_kernel.can_fuse(stage.block_attn_size, block):
+                    local_steps = stage.block_attn_size // block
+                    table = s((1, stage.kv_heads, stage.tokens // block, local_steps + top_k), jnp.int32)
+                    gates = s((1, stage.q_heads, 2, stage.tokens), jnp.float32)
+                    kernels.append(("fused forward",
+                                    lambda q, k, v, i, g, b=block, c=cfg, ls=local_steps: fused_kernel.fused_forward(
+                                        q, k, v, i, g, block_size=b, local_steps=ls, config=c),
+                                    (q, kv, kv, table, gates)))
                 for name, fn, args in kernels:
+                    label = "local+selected" if name.startswith("fused") else branch
                     t0 = time.perf_counter()
                     try:
                         r = deviceless.compile_kernel(fn, *args, target=TARGET)
-                        row = {"stage": stage.name, "branch": branch, "kernel": name, "wgs": wgs,
+                        row = {"stage": stage.name, "branch": label, "kernel": name, "wgs": wgs,
                                "registers": r.registers, "spill": f"{r.spill_store_bytes} / {r.spill_load_bytes}",
                                "smem_kib": r.smem_bytes / 1024, "barriers": r.named_barriers,
                                "compile_s": time.perf_counter() - t0}
                     except Exception as e:  # noqa: BLE001 - a kernel that does not compile is a result
-                        row = {"stage": stage.name, "branch": branch, "kernel": name, "wgs": wgs, "error": _error(e)}
+                        row = {"stage": stage.name, "branch": label, "kernel": name, "wgs": wgs, "error": _error(e)}
                     print(row, flush=True)
                     rows.append(row)
     return rows

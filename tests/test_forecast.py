@@ -12,7 +12,7 @@ import xarray as xr
 from mosaic_jax.checkpoint import save_model
 from mosaic_jax.cli import main as cli
 from mosaic_jax.config import BottleneckConfig, StageConfig, get_config
-from mosaic_jax.data import NormStats, WeatherStore, compute_stats, make_demo_data
+from mosaic_jax.data import WeatherStore, compute_stats, make_demo_data
 from mosaic_jax.forecast import run_forecast
 from mosaic_jax.model import init_params
 from mosaic_jax.variables import CHANNELS

@@ -9,7 +9,10 @@
 * selection:         block scores and top-k in XLA on device (``reference.select_blocks``),
                      then the selection kernel (selection_kernel.py), which reads the
                      indices from device memory;
-* gates:             applied in XLA (one fused elementwise pass).
+* gates:             applied in XLA (one fused elementwise pass); with
+                     ``SelectionConfig(fuse_forward=True)`` the local and selected branches of
+                     an undifferentiated call run as one kernel that applies their gates
+                     (fused_kernel.py), and only the compressed branch is added in XLA.
 
 Each kernel carries its own custom VJP; the composition is differentiated by JAX. For CPU
 runs, trace under ``plgpu.force_gpu_interpret_mode()`` (the tests do).
@@ -22,6 +25,7 @@ import jax.numpy as jnp
 
 from mosaic_jax.attention import reference
 from pallas_kernels.mosaic_attention.config import DEFAULT_CONFIG, SelectionConfig, check_kernel_shapes
+from pallas_kernels.mosaic_attention.fused_kernel import can_fuse, local_selected_attention
 from pallas_kernels.mosaic_attention.local_kernel import local_attention
 from pallas_kernels.mosaic_attention.selection_kernel import selected_attention
 
@@ -38,9 +42,13 @@ def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array,
                         block_attn_size=block_attn_size)
     if gates.shape != (*q.shape[:3], 3):
         raise ValueError(f"gates must be {(*q.shape[:3], 3)}, got {gates.shape}")
-    o_local = local_attention(q, k, v, block_attn_size, config)
     o_cmp = reference.compressed_attention(q, k, v, sparse_block_size)
     indices = reference.select_blocks(q, k, sparse_block_size, top_k)
-    o_sel = selected_attention(q, k, v, indices, sparse_block_size, config)
     gates = gates.astype(jnp.float32)
+    if config.fuse_forward and can_fuse(block_attn_size, sparse_block_size):
+        o_pair = local_selected_attention(q, k, v, gates[..., 0::2], indices, block_attn_size, sparse_block_size,
+                                          config)
+        return o_pair + gates[..., 1:2] * o_cmp
+    o_local = local_attention(q, k, v, block_attn_size, config)
+    o_sel = selected_attention(q, k, v, indices, sparse_block_size, config)
     return gates[..., 0:1] * o_local + gates[..., 1:2] * o_cmp + gates[..., 2:3] * o_sel

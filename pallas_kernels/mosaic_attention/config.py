@@ -25,10 +25,14 @@ class SelectionConfig:
       each streamed kv block, so 2 halves the kv traffic per query row. Reduced to 1 when
       the G*sparse_block_size query rows of a (query block, kv head) are one 64-row tile.
     max_concurrent_steps: depth of the TMA ring of kv (forward, dq) or q/do (dk/dv) tiles.
+    fuse_forward: when not differentiated, run the local and selected branches as one kernel
+      that applies their gates (fused_kernel.py) where the local tile equals the sparse
+      block. Off until an H100 timing shows it faster than the two branch kernels.
     """
 
     num_compute_wgs: int = 2
     max_concurrent_steps: int = 2
+    fuse_forward: bool = False
 
     def __post_init__(self):
         if self.num_compute_wgs not in (1, 2):

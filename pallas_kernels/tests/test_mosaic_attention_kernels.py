@@ -18,7 +18,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from mosaic_jax.attention import reference
 from pallas_kernels import mosaic_attention as kernels
-from pallas_kernels.mosaic_attention import flops
+from pallas_kernels.mosaic_attention import flops, fused_kernel
+from pallas_kernels.mosaic_attention.config import SelectionConfig
 from pallas_kernels.mosaic_attention.selection_kernel import invert_selection, selection_forward
 
 TOL_16BIT = 2e-2
@@ -140,6 +141,62 @@ def test_mosaic_attention_values_and_gradients():
     assert rel_l2(o, o_ref) <= TOL_16BIT
     for name, grad, grad_ref in zip(["q", "k", "v", "gates"], grads, vjp_ref(cot)):
         assert rel_l2(grad, grad_ref) <= TOL_16BIT, name
+
+
+# (batch, seq, Hq, Hk, head_dim, block_attn, sparse_block, top_k, dtype): the local tile equals the
+# sparse block (128 or 64 tokens), GQA 1, 2, 4.
+FUSED_CASES = [
+    (1, 512, 2, 2, 64, 256, 128, 2, jnp.bfloat16),
+    (2, 384, 4, 2, 64, 192, 64, 3, jnp.float16),
+    (1, 512, 4, 1, 64, 256, 128, 3, jnp.bfloat16),
+]
+
+
+@pytest.mark.parametrize("b,n,hq,hk,d,block,bs,top_k,dtype", FUSED_CASES)
+def test_fused_forward_is_the_gated_sum_of_both_branches(b, n, hq, hk, d, block, bs, top_k, dtype):
+    assert fused_kernel.can_fuse(block, bs)
+    q, k, v, gates, _ = inputs(9, b, n, hq, hk, d, dtype)
+    pair_gates = gates[..., :2]  # per-row weights of the two branches
+    indices = random_selection(10, b, hk, n // bs, top_k)
+    with interpret():
+        o = fused_kernel.local_selected_attention(q, k, v, pair_gates, indices, block, bs)
+    o_ref = (pair_gates[..., 0:1] * reference.local_attention(f32(q), f32(k), f32(v), block)
+             + pair_gates[..., 1:2] * reference.selected_attention(f32(q), f32(k), f32(v), indices, bs))
+    assert o.dtype == jnp.float32
+    assert rel_l2(o, o_ref) <= TOL_16BIT
+
+
+def test_fused_attention_gradients_are_the_branch_kernels():
+    """Under differentiation the fused call runs the two branch kernels, whose VJPs give the
+    gradients: exactly those of the unfused composition, and the reference's within tolerance."""
+    b, n, hq, hk, d, block, bs, top_k = 1, 512, 4, 2, 64, 256, 128, 2
+    q, k, v, gates, cot = inputs(11, b, n, hq, hk, d, jnp.bfloat16)
+    indices = random_selection(12, b, hk, n // bs, top_k)
+    pair_gates = gates[..., :2]
+
+    def unfused(q, k, v, g):
+        return (g[..., 0:1] * kernels.local_attention(q, k, v, block)
+                + g[..., 1:2] * kernels.selected_attention(q, k, v, indices, bs))
+
+    with interpret():
+        o, vjp = jax.vjp(lambda *a: fused_kernel.local_selected_attention(*a, indices, block, bs), q, k, v,
+                         pair_gates)
+        grads = vjp(cot)
+        o_unfused, vjp_unfused = jax.vjp(unfused, q, k, v, pair_gates)
+        grads_unfused = vjp_unfused(cot)
+    np.testing.assert_array_equal(np.asarray(o), np.asarray(o_unfused))  # differentiated: the same kernels
+    for name, grad, grad_unfused in zip(["q", "k", "v", "gates"], grads, grads_unfused):
+        np.testing.assert_array_equal(np.asarray(grad), np.asarray(grad_unfused), err_msg=name)
+
+
+def test_mosaic_attention_with_the_fused_forward():
+    b, n, hq, hk, d = 1, 512, 4, 1, 64
+    kw = dict(block_attn_size=256, sparse_block_size=128, top_k=2)
+    q, k, v, gates, _ = inputs(13, b, n, hq, hk, d, jnp.bfloat16)
+    with interpret():
+        o = kernels.mosaic_attention(q, k, v, gates, config=SelectionConfig(fuse_forward=True), **kw)
+    o_ref = reference.mosaic_attention(f32(q), f32(k), f32(v), gates, **kw)
+    assert rel_l2(o, o_ref) <= TOL_16BIT
 
 
 def test_dispatch_forced_pallas_matches_xla():

@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mosaic_jax import deviceless
 from mosaic_jax.attention.api import BatchSharding, mosaic_attention
+from pallas_kernels.mosaic_attention import fused_kernel
 from pallas_kernels.mosaic_attention.config import PUBLISHED_STAGES, SelectionConfig, local_tile_size
 from pallas_kernels.mosaic_attention.selection_kernel import (
     selection_backward_dkv,
@@ -70,6 +71,22 @@ def test_kernels_compile_for_sm90a_at_the_published_stage1_shape(branch):
     assert not reports["forward"].spills, reports["forward"].ptxas_log[-800:]
     assert not reports["dq"].spills, reports["dq"].ptxas_log[-800:]
     assert reports["dk/dv"].spill_store_bytes <= 64, reports["dk/dv"].ptxas_log[-800:]
+
+
+def test_fused_forward_compiles_for_sm90a_without_spills():
+    """The local+selected forward kernel at the stage-1 shape: two softmax states and the gates
+    in registers, still no spill, and the forward kernel's SMEM."""
+    assert fused_kernel.can_fuse(STAGE1.block_attn_size, STAGE1.sparse_block_size)
+    local_steps = STAGE1.block_attn_size // STAGE1.sparse_block_size
+    q, kv, _, idx = _abstract(STAGE1, STAGE1.sparse_block_size, local_steps + STAGE1.top_k)
+    gates = jax.ShapeDtypeStruct((1, STAGE1.q_heads, 2, STAGE1.tokens), jnp.float32)
+    cfg = SelectionConfig(num_compute_wgs=2)
+    r = deviceless.compile_kernel(
+        lambda q, k, v, i, g: fused_kernel.fused_forward(q, k, v, i, g, block_size=STAGE1.sparse_block_size,
+                                                         local_steps=local_steps, config=cfg), q, kv, kv, idx, gates)
+    assert 0 < r.smem_bytes <= SMEM_PER_BLOCK, r.smem_bytes
+    assert r.registers * (cfg.num_compute_wgs + 1) * 128 <= deviceless.H100_SXM_80GB.registers_per_sm
+    assert not r.spills, r.ptxas_log[-800:]
 
 
 def test_whole_attention_gradient_compiles_and_its_memory_is_linear_in_the_inputs():

@@ -1,0 +1,208 @@
+"""Local and selected branches in one forward kernel, gates applied: ``g_l*o_local + g_s*o_sel``.
+
+Where the local tile equals the sparse block (128 tokens at the published config), both
+branches are "query block attends over a list of kv blocks": its L/t local tiles, then its
+top-k selected blocks. This kernel streams the concatenated list through one TMA ring, keeps
+one online-softmax state per branch (the local steps first, then the selected ones), and
+writes the gated sum once. Against the composition of two selection-kernel calls it saves
+a kernel launch, the second load of each query tile, and the float32 round trip of both
+branch outputs through memory before XLA gates and adds them.
+
+It has no backward of its own: ``local_selected_attention`` runs it when not
+differentiated (inference, the forecast) and the two branch kernels with their custom VJPs
+under ``jax.grad`` (their outputs are the backward's residuals anyway). Same interpret-mode
+constraints as selection_kernel.py.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.mosaic_attention.config import BLOCK_Q, DEFAULT_CONFIG, SelectionConfig, local_tile_size
+from pallas_kernels.mosaic_attention.local_kernel import local_attention, local_indices
+from pallas_kernels.mosaic_attention.selection_kernel import (
+    LOG2E,
+    _drain,
+    _matmul,
+    _query_tile,
+    _register_split,
+    _row_bcast,
+    _transforms,
+    selected_attention,
+)
+
+
+def can_fuse(block_attn_size: int, sparse_block_size: int) -> bool:
+    """The fused kernel needs the local tile and the sparse block to be the same size."""
+    return local_tile_size(block_attn_size) == sparse_block_size
+
+
+def fused_forward(q, k, v, indices, gates, *, block_size: int, local_steps: int,
+                  config: SelectionConfig = DEFAULT_CONFIG) -> jax.Array:
+    """``g_local * o_local + g_sel * o_sel`` (float32, B,N,Hq,d) in one kernel.
+
+    ``indices`` (B, Hk, N/block_size, local_steps + top_k) int32: per query block its local
+    kv blocks, then its selected ones. ``gates`` (B, Hq, 2, N) float32: the local and selected
+    gates, head-major so a tile's 64 gates are one contiguous TMA copy.
+    """
+    b, n, hq, d = q.shape
+    hk = k.shape[2]
+    g = hq // hk
+    bs = block_size
+    nb = n // bs
+    total = indices.shape[-1]
+    dtype = q.dtype
+    wgs = config.compute_wgs_for(g * bs)
+    tiles = g * bs // BLOCK_Q // wgs
+    steps = min(config.max_concurrent_steps, total)
+    scale_log2 = d**-0.5 * LOG2E
+    regs = _register_split(wgs)
+
+    def kernel(idx_ref, q_ref, k_ref, v_ref, gates_ref, o_ref,
+               q_smem, p_smem, o_smem, gates_smem, k_smem, v_smem,
+               q_bar, k_bar, v_bar, k_free, v_free):
+        bi = lax.axis_index("b")
+        h = lax.axis_index("h")
+        qb = lax.axis_index("qb")
+        wg = lax.axis_index("wg")
+
+        @pl.when(wg < wgs)
+        def _compute():
+            if regs:
+                plgpu.set_max_registers(regs[0], action="increase")
+            tok, head = _query_tile(lax.axis_index("tile") * wgs + wg, qb, h, g=g, bs=bs)
+            rows = pl.ds(tok, BLOCK_Q)
+            q_tile, p_tile = q_smem.at[wg], p_smem.at[wg]
+            plgpu.copy_gmem_to_smem(q_ref.at[bi, rows, head], q_tile, q_bar.at[wg])
+            plgpu.copy_gmem_to_smem(gates_ref.at[bi, head, 0, rows], gates_smem.at[wg, 0], q_bar.at[wg])
+            plgpu.copy_gmem_to_smem(gates_ref.at[bi, head, 1, rows], gates_smem.at[wg, 1], q_bar.at[wg])
+            plgpu.barrier_wait(q_bar.at[wg])
+
+            def fresh():
+                return (plgpu.layout_cast(jnp.full((BLOCK_Q, d), 0.0, jnp.float32), plgpu.Layout.WGMMA),
+                        plgpu.layout_cast(jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
+                        plgpu.layout_cast(jnp.full((BLOCK_Q,), 0.0, jnp.float32), plgpu.Layout.WGMMA.reduce(1)))
+
+            def step(j, carry):
+                acc, m, l = carry
+                slot = lax.rem(j, jnp.int32(steps))
+                plgpu.barrier_wait(k_bar.at[slot])
+                s = _matmul(q_tile, k_smem.at[slot].T, (BLOCK_Q, bs))
+                plgpu.barrier_arrive(k_free.at[slot])
+                m_new = jnp.maximum(m, s.max(axis=1) * scale_log2)
+                alpha = jnp.exp2(m - m_new)
+                p = jnp.exp2(s * scale_log2 - _row_bcast(m_new, s.shape))
+                l = l * alpha + p.sum(axis=1)
+                p_tile[...] = p.astype(dtype)
+                plgpu.commit_smem()
+                plgpu.barrier_wait(v_bar.at[slot])
+                pv = _matmul(p_tile, v_smem.at[slot], (BLOCK_Q, d))
+                plgpu.barrier_arrive(v_free.at[slot])
+                acc = acc * _row_bcast(alpha, acc.shape) + pv
+                return acc, m_new, l
+
+            # The ring runs on across the two loops: step j always uses slot j % steps.
+            acc_local, _, l_local = lax.fori_loop(0, local_steps, step, fresh())
+            acc_sel, _, l_sel = lax.fori_loop(local_steps, total, step, fresh())
+            g_local = plgpu.load(gates_smem.at[wg, 0], layout=plgpu.Layout.WGMMA.reduce(1))
+            g_sel = plgpu.load(gates_smem.at[wg, 1], layout=plgpu.Layout.WGMMA.reduce(1))
+            o_smem.at[wg][...] = (acc_local * _row_bcast(g_local / l_local, acc_local.shape)
+                                  + acc_sel * _row_bcast(g_sel / l_sel, acc_sel.shape))
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(o_smem.at[wg], o_ref.at[bi, rows, head])
+            plgpu.wait_smem_to_gmem(0)
+
+        @pl.when(wg == wgs)
+        def _memory():
+            if regs:
+                plgpu.set_max_registers(regs[1], action="decrease")
+
+            def issue(j, slot, wait_free):
+                kv_rows = pl.ds(idx_ref[bi, h, qb, j] * bs, bs)
+                if wait_free:
+                    plgpu.barrier_wait(k_free.at[slot])
+                plgpu.copy_gmem_to_smem(k_ref.at[bi, kv_rows, h], k_smem.at[slot], k_bar.at[slot])
+                if wait_free:
+                    plgpu.barrier_wait(v_free.at[slot])
+                plgpu.copy_gmem_to_smem(v_ref.at[bi, kv_rows, h], v_smem.at[slot], v_bar.at[slot])
+
+            for i in range(steps):
+                issue(i, i, wait_free=False)
+
+            @pl.loop(steps, total)
+            def _(j):
+                issue(j, lax.rem(j, jnp.int32(steps)), wait_free=True)
+
+            _drain(k_free, v_free, total, steps)
+
+    t16 = _transforms()
+    scratch = (
+        plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # q tiles
+        plgpu.SMEM((wgs, BLOCK_Q, bs), dtype, transforms=t16),  # P staged for the PV wgmma
+        plgpu.SMEM((wgs, BLOCK_Q, d), jnp.float32),  # gated output tiles
+        plgpu.SMEM((wgs, 2, BLOCK_Q), jnp.float32),  # local and selected gates of the tile's rows
+        plgpu.SMEM((steps, bs, d), dtype, transforms=t16),  # k ring
+        plgpu.SMEM((steps, bs, d), dtype, transforms=t16),  # v ring
+        plgpu.Barrier(num_arrivals=3, num_barriers=wgs),  # q + 2 gate copies
+        plgpu.Barrier(num_barriers=steps),
+        plgpu.Barrier(num_barriers=steps),
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
+        plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
+    )
+    return plgpu.kernel(
+        kernel,
+        out_type=jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32),
+        scratch_types=scratch,
+        grid=(nb, tiles, hk, b),
+        grid_names=("qb", "tile", "h", "b"),
+        num_threads=wgs + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+    )(indices, q, k, v, gates)
+
+
+# --------------------------------------------------------------------------- with its VJP
+
+
+def _gated_pair(q, k, v, gates, indices, block_attn_size, sparse_block_size, config):
+    """The composition the fused kernel replaces: two branch kernels, gated in XLA."""
+    o_local = local_attention(q, k, v, block_attn_size, config)
+    o_sel = selected_attention(q, k, v, indices, sparse_block_size, config)
+    gates = gates.astype(jnp.float32)
+    return gates[..., 0:1] * o_local + gates[..., 1:2] * o_sel
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def local_selected_attention(q, k, v, gates, indices, block_attn_size: int, sparse_block_size: int,
+                             config: SelectionConfig = DEFAULT_CONFIG):
+    """``gates[..., 0] * local + gates[..., 1] * selected`` (float32): the fused kernel forward;
+    under differentiation the two branch kernels, whose custom VJPs give the gradients.
+
+    ``gates`` (B, N, Hq, 2); ``indices`` (B, Hk, N/sparse_block_size, top_k) the selection.
+    Requires ``can_fuse(block_attn_size, sparse_block_size)``.
+    """
+    b, n, hq, _ = q.shape
+    table = jnp.concatenate([local_indices(b, k.shape[2], n, block_attn_size), indices.astype(jnp.int32)], axis=-1)
+    gates_t = jnp.transpose(gates.astype(jnp.float32), (0, 2, 3, 1))  # (B, Hq, 2, N)
+    return fused_forward(q, k, v, table, gates_t, block_size=sparse_block_size,
+                         local_steps=block_attn_size // sparse_block_size, config=config)
+
+
+def _fused_fwd(q, k, v, gates, indices, block_attn_size, sparse_block_size, config):
+    out, vjp = jax.vjp(lambda q, k, v, g: _gated_pair(q, k, v, g, indices, block_attn_size, sparse_block_size,
+                                                      config), q, k, v, gates)
+    return out, (vjp, indices)
+
+
+def _fused_bwd(block_attn_size, sparse_block_size, config, res, cot):
+    vjp, indices = res
+    return (*vjp(cot), None)
+
+
+local_selected_attention.defvjp(_fused_fwd, _fused_bwd)
