@@ -28,11 +28,12 @@ from pallas_kernels.mosaic_attention.config import BLOCK_Q, DEFAULT_CONFIG, Sele
 from pallas_kernels.mosaic_attention.local_kernel import local_attention, local_indices
 from pallas_kernels.mosaic_attention.selection_kernel import (
     LOG2E,
-    _drain,
-    _matmul,
     _query_tile,
     _register_split,
     _row_bcast,
+    _softmax_state,
+    _softmax_step,
+    _stream_kv_blocks,
     _transforms,
     selected_attention,
 )
@@ -84,32 +85,12 @@ def fused_forward(q, k, v, indices, gates, *, block_size: int, local_steps: int,
             plgpu.copy_gmem_to_smem(gates_ref.at[bi, head, 1, rows], gates_smem.at[wg, 1], q_bar.at[wg])
             plgpu.barrier_wait(q_bar.at[wg])
 
-            def fresh():
-                return (plgpu.layout_cast(jnp.full((BLOCK_Q, d), 0.0, jnp.float32), plgpu.Layout.WGMMA),
-                        plgpu.layout_cast(jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
-                        plgpu.layout_cast(jnp.full((BLOCK_Q,), 0.0, jnp.float32), plgpu.Layout.WGMMA.reduce(1)))
-
-            def step(j, carry):
-                acc, m, l = carry
-                slot = lax.rem(j, jnp.int32(steps))
-                plgpu.barrier_wait(k_bar.at[slot])
-                s = _matmul(q_tile, k_smem.at[slot].T, (BLOCK_Q, bs))
-                plgpu.barrier_arrive(k_free.at[slot])
-                m_new = jnp.maximum(m, s.max(axis=1) * scale_log2)
-                alpha = jnp.exp2(m - m_new)
-                p = jnp.exp2(s * scale_log2 - _row_bcast(m_new, s.shape))
-                l = l * alpha + p.sum(axis=1)
-                p_tile[...] = p.astype(dtype)
-                plgpu.commit_smem()
-                plgpu.barrier_wait(v_bar.at[slot])
-                pv = _matmul(p_tile, v_smem.at[slot], (BLOCK_Q, d))
-                plgpu.barrier_arrive(v_free.at[slot])
-                acc = acc * _row_bcast(alpha, acc.shape) + pv
-                return acc, m_new, l
+            step = _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, steps=steps,
+                                 block_size=bs, head_dim=d, scale_log2=scale_log2, dtype=dtype)
 
             # The ring runs on across the two loops: step j always uses slot j % steps.
-            acc_local, _, l_local = lax.fori_loop(0, local_steps, step, fresh())
-            acc_sel, _, l_sel = lax.fori_loop(local_steps, total, step, fresh())
+            acc_local, _, l_local = lax.fori_loop(0, local_steps, step, _softmax_state(d))
+            acc_sel, _, l_sel = lax.fori_loop(local_steps, total, step, _softmax_state(d))
             g_local = plgpu.load(gates_smem.at[wg, 0], layout=plgpu.Layout.WGMMA.reduce(1))
             g_sel = plgpu.load(gates_smem.at[wg, 1], layout=plgpu.Layout.WGMMA.reduce(1))
             o_smem.at[wg][...] = (acc_local * _row_bcast(g_local / l_local, acc_local.shape)
@@ -122,24 +103,8 @@ def fused_forward(q, k, v, indices, gates, *, block_size: int, local_steps: int,
         def _memory():
             if regs:
                 plgpu.set_max_registers(regs[1], action="decrease")
-
-            def issue(j, slot, wait_free):
-                kv_rows = pl.ds(idx_ref[bi, h, qb, j] * bs, bs)
-                if wait_free:
-                    plgpu.barrier_wait(k_free.at[slot])
-                plgpu.copy_gmem_to_smem(k_ref.at[bi, kv_rows, h], k_smem.at[slot], k_bar.at[slot])
-                if wait_free:
-                    plgpu.barrier_wait(v_free.at[slot])
-                plgpu.copy_gmem_to_smem(v_ref.at[bi, kv_rows, h], v_smem.at[slot], v_bar.at[slot])
-
-            for i in range(steps):
-                issue(i, i, wait_free=False)
-
-            @pl.loop(steps, total)
-            def _(j):
-                issue(j, lax.rem(j, jnp.int32(steps)), wait_free=True)
-
-            _drain(k_free, v_free, total, steps)
+            _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
+                              block_size=bs, steps=steps, num_blocks=total)
 
     t16 = _transforms()
     scratch = (

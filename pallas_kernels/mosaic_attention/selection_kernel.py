@@ -107,6 +107,67 @@ def _drain(free_a, free_b, num_steps, steps: int) -> None:
             plgpu.barrier_wait(free_b.at[slot])
 
 
+def _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, *, bi, h, qb,
+                      block_size: int, steps: int, num_blocks: int) -> None:
+    """Memory warpgroup of the kernels that stream kv blocks (forward, dq, fused forward).
+
+    Copies K and V of blocks ``idx_ref[bi, h, qb, 0..num_blocks)`` through the ``steps``-slot
+    TMA ring: block j goes to slot j % steps once the consumers released that slot's K
+    (``k_free``) and V (``v_free``).
+    """
+
+    def issue(j, slot, wait_free):
+        rows = pl.ds(idx_ref[bi, h, qb, j] * block_size, block_size)
+        if wait_free:
+            plgpu.barrier_wait(k_free.at[slot])
+        plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, h], k_smem.at[slot], k_bar.at[slot])
+        if wait_free:
+            plgpu.barrier_wait(v_free.at[slot])
+        plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, h], v_smem.at[slot], v_bar.at[slot])
+
+    for i in range(steps):
+        issue(i, i, wait_free=False)
+
+    @pl.loop(steps, num_blocks)
+    def _(j):
+        issue(j, lax.rem(j, jnp.int32(steps)), wait_free=True)
+
+    _drain(k_free, v_free, num_blocks, steps)
+
+
+def _softmax_state(head_dim: int):
+    """A fresh float32 online-softmax state (acc, running max m in log2 units, row sum l)."""
+    return (plgpu.layout_cast(jnp.full((BLOCK_Q, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA),
+            plgpu.layout_cast(jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
+            plgpu.layout_cast(jnp.full((BLOCK_Q,), 0.0, jnp.float32), plgpu.Layout.WGMMA.reduce(1)))
+
+
+def _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, *, steps: int,
+                  block_size: int, head_dim: int, scale_log2: float, dtype):
+    """``step(j, (acc, m, l))``: one streamed kv block (ring slot j % steps) of the online softmax."""
+
+    def step(j, carry):
+        acc, m, l = carry
+        slot = lax.rem(j, jnp.int32(steps))
+        plgpu.barrier_wait(k_bar.at[slot])
+        s = _matmul(q_tile, k_smem.at[slot].T, (BLOCK_Q, block_size))
+        plgpu.barrier_arrive(k_free.at[slot])
+        # Scores in log2 units: one FMA per element inside exp2.
+        m_new = jnp.maximum(m, s.max(axis=1) * scale_log2)
+        alpha = jnp.exp2(m - m_new)
+        p = jnp.exp2(s * scale_log2 - _row_bcast(m_new, s.shape))
+        l = l * alpha + p.sum(axis=1)
+        p_tile[...] = p.astype(dtype)
+        plgpu.commit_smem()
+        plgpu.barrier_wait(v_bar.at[slot])
+        pv = _matmul(p_tile, v_smem.at[slot], (BLOCK_Q, head_dim))
+        plgpu.barrier_arrive(v_free.at[slot])
+        acc = acc * _row_bcast(alpha, acc.shape) + pv
+        return acc, m_new, l
+
+    return step
+
+
 # --------------------------------------------------------------------------- forward
 
 
@@ -142,30 +203,9 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
             plgpu.copy_gmem_to_smem(q_ref.at[bi, pl.ds(tok, BLOCK_Q), head], q_tile, q_bar.at[wg])
             plgpu.barrier_wait(q_bar.at[wg])
 
-            m0 = plgpu.layout_cast(jnp.full((BLOCK_Q,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
-            l0 = plgpu.layout_cast(jnp.full((BLOCK_Q,), 0.0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
-            acc0 = plgpu.layout_cast(jnp.full((BLOCK_Q, d), 0.0, jnp.float32), plgpu.Layout.WGMMA)
-
-            def step(j, carry):
-                acc, m, l = carry
-                slot = lax.rem(j, jnp.int32(steps))
-                plgpu.barrier_wait(k_bar.at[slot])
-                s = _matmul(q_tile, k_smem.at[slot].T, (BLOCK_Q, bs))
-                plgpu.barrier_arrive(k_free.at[slot])
-                # Scores in log2 units: one FMA per element inside exp2.
-                m_new = jnp.maximum(m, s.max(axis=1) * scale_log2)
-                alpha = jnp.exp2(m - m_new)
-                p = jnp.exp2(s * scale_log2 - _row_bcast(m_new, s.shape))
-                l = l * alpha + p.sum(axis=1)
-                p_tile[...] = p.astype(dtype)
-                plgpu.commit_smem()
-                plgpu.barrier_wait(v_bar.at[slot])
-                pv = _matmul(p_tile, v_smem.at[slot], (BLOCK_Q, d))
-                plgpu.barrier_arrive(v_free.at[slot])
-                acc = acc * _row_bcast(alpha, acc.shape) + pv
-                return acc, m_new, l
-
-            acc, m, l = lax.fori_loop(0, top_k, step, (acc0, m0, l0))
+            step = _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, steps=steps,
+                                 block_size=bs, head_dim=d, scale_log2=scale_log2, dtype=dtype)
+            acc, m, l = lax.fori_loop(0, top_k, step, _softmax_state(d))
             o_smem.at[wg][...] = acc / _row_bcast(l, acc.shape)
             lse_smem.at[wg][...] = (m + jnp.log2(l)) * LN2
             plgpu.commit_smem()
@@ -177,24 +217,8 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
         def _memory():
             if regs:
                 plgpu.set_max_registers(regs[1], action="decrease")
-
-            def issue(j, slot, wait_free):
-                rows = pl.ds(idx_ref[bi, h, qb, j] * bs, bs)
-                if wait_free:
-                    plgpu.barrier_wait(k_free.at[slot])
-                plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, h], k_smem.at[slot], k_bar.at[slot])
-                if wait_free:
-                    plgpu.barrier_wait(v_free.at[slot])
-                plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, h], v_smem.at[slot], v_bar.at[slot])
-
-            for i in range(steps):
-                issue(i, i, wait_free=False)
-
-            @pl.loop(steps, top_k)
-            def _(j):
-                issue(j, lax.rem(j, jnp.int32(steps)), wait_free=True)
-
-            _drain(k_free, v_free, top_k, steps)
+            _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
+                              block_size=bs, steps=steps, num_blocks=top_k)
 
     t16 = _transforms()
     scratch = (
@@ -314,24 +338,8 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
         def _memory():
             if regs:
                 plgpu.set_max_registers(regs[1], action="decrease")
-
-            def issue(j, slot, wait_free):
-                rows = pl.ds(idx_ref[bi, h, qb, j] * bs, bs)
-                if wait_free:
-                    plgpu.barrier_wait(k_free.at[slot])
-                plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, h], k_smem.at[slot], k_bar.at[slot])
-                if wait_free:
-                    plgpu.barrier_wait(v_free.at[slot])
-                plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, h], v_smem.at[slot], v_bar.at[slot])
-
-            for i in range(steps):
-                issue(i, i, wait_free=False)
-
-            @pl.loop(steps, top_k)
-            def _(j):
-                issue(j, lax.rem(j, jnp.int32(steps)), wait_free=True)
-
-            _drain(k_free, v_free, top_k, steps)
+            _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
+                              block_size=bs, steps=steps, num_blocks=top_k)
 
     t16 = _transforms()
     scratch = (
