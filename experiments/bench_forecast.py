@@ -27,7 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_result  # noqa: E402
 
-from mosaic_jax.config import get_config  # noqa: E402
+from mosaic_jax.attention import default_impl  # noqa: E402
+from mosaic_jax.config import ATTENTION_IMPLS, get_config  # noqa: E402
 from mosaic_jax.forecast import peak_device_bytes  # noqa: E402
 from mosaic_jax.model import init_params  # noqa: E402
 from mosaic_jax.sampler import EnsembleSampler, member_keys, member_step_flops  # noqa: E402
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--member-chunk", type=int, help="members per device pass (default: all)")
     ap.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
-    ap.add_argument("--attention-impl", default="auto")
+    ap.add_argument("--attention-impl", default="auto", choices=ATTENTION_IMPLS)
     ap.add_argument("--repeats", type=int, default=2, help="timed forecasts; the best is reported")
     ap.add_argument("--peak-tflops", type=float, help="peak for MFU (default: from the device kind)")
     ap.add_argument("--count-only", action="store_true", help="count FLOPs against --target-s; run nothing")
@@ -87,12 +88,13 @@ def main() -> None:
     per = wall / (args.members * args.steps)
     peak = peak_device_bytes()
     peak_flops = peak_flops_per_device(args.peak_tflops)
+    impl = default_impl() if args.attention_impl == "auto" else args.attention_impl
     mfu = f"{100 * flops / (wall * peak_flops):.1f}%" if peak_flops else "-"
     lines = [
-        "| preset | members | steps | dtype | compile s | wall s | ms / member-step | TFLOP/s | MFU "
+        "| preset | members | steps | dtype | attention | compile s | wall s | ms / member-step | TFLOP/s | MFU "
         "| peak device memory |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| {args.preset} | {args.members} | {args.steps} | {dtype.name} | {compile_s:.1f} | {wall:.2f} | "
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {args.preset} | {args.members} | {args.steps} | {dtype.name} | {impl} | {compile_s:.1f} | {wall:.2f} | "
         f"{per * 1e3:.1f} | {flops / wall / 1e12:.3g} | {mfu} | "
         f"{'n/a' if peak is None else f'{peak / 2**30:.2f} GiB'} |",
         "",

@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     f.add_argument("--preset", default="paper-era5")
     f.add_argument("--member-chunks", type=int, nargs="+", default=[1, 8, 24])
     f.add_argument("--dtype", default="bfloat16")
-    f.add_argument("--attention-impl", default="pallas", choices=["pallas", "xla"])
+    f.add_argument("--attention-impl", default="pallas", choices=["pallas", "pallas-fused", "xla"])
     f.add_argument("--devices", type=int, default=1, help="compile-only H100s the members are split over")
     args = p.parse_args(argv)
     reason = deviceless.available()

@@ -17,6 +17,11 @@ from typing import Any
 from mosaic_jax import variables
 
 
+# Mosaic attention implementations (mosaic_jax.attention.api): the pure-JAX reference, the Pallas
+# kernels, the kernels with the fused local+selected forward, or "auto" (kernels on Hopper).
+ATTENTION_IMPLS = ("auto", "xla", "pallas", "pallas-fused")
+
+
 def require(cond: bool, field: str, message: str) -> None:
     """Raise ``ValueError('<field>: <message>')`` unless ``cond``: config errors name their field."""
     if not cond:

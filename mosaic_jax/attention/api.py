@@ -1,9 +1,11 @@
 """The one entry point to Mosaic attention, dispatching to an implementation.
 
 ``impl="xla"`` is the pure-JAX reference (any backend, differentiable). ``impl="pallas"``
-is the Mosaic GPU kernel in ``pallas_kernels`` (Hopper only). ``impl="auto"`` picks the
-kernel on an H100-class GPU and the reference elsewhere; a forced implementation raises
-its own error rather than silently falling back.
+is the Mosaic GPU kernel in ``pallas_kernels`` (Hopper only); ``impl="pallas-fused"`` the
+same with the local and selected branches' forward as one kernel where the call is not
+differentiated (``SelectionConfig.fuse_forward``; inference). ``impl="auto"`` picks
+``"pallas"`` on an H100-class GPU and the reference elsewhere; a forced implementation
+raises its own error rather than silently falling back.
 
 A Pallas kernel is per-device code that XLA's SPMD partitioner cannot split: under a
 sharded ``jax.jit`` it would receive the all-gathered batch on every device and compute
@@ -20,8 +22,9 @@ import jax
 from jax.sharding import Mesh, PartitionSpec
 
 from mosaic_jax.attention import reference
+from mosaic_jax.config import ATTENTION_IMPLS
 
-Impl = Literal["auto", "xla", "pallas"]
+Impl = Literal["auto", "xla", "pallas", "pallas-fused"]  # ATTENTION_IMPLS
 
 
 class BatchSharding(NamedTuple):
@@ -92,12 +95,14 @@ def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array,
     if impl == "xla":
         return reference.mosaic_attention(q, k, v, gates, block_attn_size=block_attn_size,
                                           sparse_block_size=sparse_block_size, top_k=top_k)
-    if impl == "pallas":
+    if impl in ("pallas", "pallas-fused"):
         from pallas_kernels import mosaic_attention as kernels  # imported lazily: GPU-only code
+
+        config = kernels.SelectionConfig(fuse_forward=impl == "pallas-fused")
 
         def kernel(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array) -> jax.Array:
             return kernels.mosaic_attention(q, k, v, gates, block_attn_size=block_attn_size,
-                                            sparse_block_size=sparse_block_size, top_k=top_k)
+                                            sparse_block_size=sparse_block_size, top_k=top_k, config=config)
 
         if batch_sharding is None or batch_sharding.num_shards == 1:
             return kernel(q, k, v, gates)
@@ -107,4 +112,4 @@ def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array,
         spec = PartitionSpec(batch_sharding.axes)
         return jax.shard_map(kernel, mesh=batch_sharding.mesh, in_specs=spec, out_specs=spec,
                              check_vma=False)(q, k, v, gates)
-    raise ValueError(f"impl must be 'auto', 'xla' or 'pallas', got {impl!r}")
+    raise ValueError(f"impl must be one of {ATTENTION_IMPLS}, got {impl!r}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from mosaic_jax.config import ATTENTION_IMPLS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-parity", help="compare the port with a fixture of the published model")
     p.add_argument("fixture", help="fixture .npz (model_config, inputs, noise, outputs, param/ weights)")
     p.add_argument("--checkpoint", help="take the weights from this published-style .pt instead of param/")
-    p.add_argument("--attention-impl", default="xla", choices=["xla", "pallas", "auto"])
+    p.add_argument("--attention-impl", default="xla", choices=ATTENTION_IMPLS)
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mosaic_jax.config import ATTENTION_IMPLS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("forecast", help="run an ensemble forecast and write .npz, .zarr or .nc")
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--member-chunk", type=int, help="members per device pass (bounds memory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default: bf16 on GPU)")
-    p.add_argument("--attention-impl", default="auto", choices=["auto", "xla", "pallas"])
+    p.add_argument("--attention-impl", default="auto", choices=ATTENTION_IMPLS)
     p.add_argument("--output", required=True, help="output path ending in .npz, .zarr or .nc")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)

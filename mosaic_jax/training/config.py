@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mosaic_jax.config import require
+from mosaic_jax.config import ATTENTION_IMPLS, require
 
 COMPUTE_DTYPES = ("bfloat16", "float32")
 LEVEL_WEIGHTINGS = ("pressure", "uniform")
@@ -145,8 +145,8 @@ class TrainConfig:
         require(self.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite", "must be >= 1")
         require(self.compute_dtype in COMPUTE_DTYPES, "compute_dtype",
                  f"must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
-        require(self.attention_impl in ("auto", "xla", "pallas"), "attention_impl",
-                 f"must be auto, xla or pallas, got {self.attention_impl!r}")
+        require(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
+                 f"must be one of {', '.join(ATTENTION_IMPLS)}, got {self.attention_impl!r}")
         require(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
         require(self.worker_count >= 0, "worker_count", "must be >= 0")
         require(self.peak_tflops is None or self.peak_tflops > 0, "peak_tflops", "must be positive")

@@ -199,13 +199,16 @@ def test_mosaic_attention_with_the_fused_forward():
     assert rel_l2(o, o_ref) <= TOL_16BIT
 
 
-def test_dispatch_forced_pallas_matches_xla():
+@pytest.mark.parametrize("impl, kw", [
+    ("pallas", dict(block_attn_size=128, sparse_block_size=64, top_k=2)),
+    ("pallas-fused", dict(block_attn_size=256, sparse_block_size=128, top_k=2)),  # fusable: local tile 128
+])
+def test_dispatch_forced_pallas_matches_xla(impl, kw):
     from mosaic_jax.attention import api
 
-    kw = dict(block_attn_size=128, sparse_block_size=64, top_k=2)
-    q, k, v, gates, _ = inputs(7, 1, 256, 2, 2, 64, jnp.bfloat16)
+    q, k, v, gates, _ = inputs(7, 1, 512, 2, 2, 64, jnp.bfloat16)
     with interpret():
-        o = api.mosaic_attention(q, k, v, gates, impl="pallas", **kw)
+        o = api.mosaic_attention(q, k, v, gates, impl=impl, **kw)
     o_ref = api.mosaic_attention(f32(q), f32(k), f32(v), gates, impl="xla", **kw)
     assert rel_l2(o, o_ref) <= TOL_16BIT
 
