@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 from mosaic_jax.attention import BatchSharding
 from mosaic_jax.config import ModelConfig
-from mosaic_jax.model import Mosaic
+from mosaic_jax.flop_count import count_flops
+from mosaic_jax.model import Mosaic, param_shapes
 
 Array = jax.Array
 
@@ -104,9 +105,6 @@ def member_step_flops(cfg: ModelConfig) -> float:
     """Matrix FLOPs of one forecast step of one member, counted from the step's jaxpr
     (``mosaic_jax.flop_count``; attention on its pure-JAX path, which defines the FLOPs the
     Pallas kernels perform). A forecast of M members x S steps does M * S times this."""
-    from mosaic_jax.flop_count import count_flops
-    from mosaic_jax.model import param_shapes
-
     sampler = EnsembleSampler(cfg, dtype=jnp.bfloat16, attention_impl="xla")
     f32 = jnp.float32
     params = param_shapes(cfg)

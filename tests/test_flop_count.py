@@ -38,6 +38,14 @@ def test_products_match_their_analytic_count(fn, args, expected):
     assert count_flops(fn, *args) == expected
 
 
+def test_convolution_counts_its_multiply_adds():
+    def conv(x, w):
+        return lax.conv_general_dilated(x, w, window_strides=(1, 1), padding="SAME")
+
+    # out (2, 4, 8, 8), each element a 3-channel x 3x3 window
+    assert count_flops(conv, sds(2, 3, 8, 8), sds(4, 3, 3, 3)) == 2 * (2 * 4 * 8 * 8) * 3 * 9
+
+
 def test_loop_bodies_count_once_per_iteration():
     def scanned(a, b):
         return lax.scan(lambda c, _: (c, c @ b), a, None, length=7)[1]

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from mosaic_jax.attention import BatchSharding
 from mosaic_jax.config import ModelConfig
+from mosaic_jax.flop_count import count_flops
 from mosaic_jax.model import Mosaic, init_params
 from mosaic_jax.training import sharding as shd
 from mosaic_jax.training.config import TrainConfig
@@ -239,8 +240,6 @@ def train_step_flops(cfg: ModelConfig, tc: TrainConfig, batch_size: int | None =
     FLOPs), without it they are the model FLOPs that MFU divides by. The attention is traced
     on its pure-JAX path, which defines the FLOPs the Pallas kernels perform; nothing runs.
     """
-    from mosaic_jax.flop_count import count_flops
-
     tc = dataclasses.replace(tc, attention_impl="xla", mesh_data=1, mesh_ensemble=1, mesh_fsdp=1,
                              batch_size=batch_size or tc.batch_size, loss_normalization="state")
     fns = build_step_fns(cfg, tc, None)
