@@ -11,6 +11,8 @@ are no timings: those come from ``bench_attention.py``, ``bench_train.py`` and
     python experiments/h100_compile.py train --batch-sizes 1 2 4 8 16 --attention-impl pallas
     # ensemble forecast step: device memory per member chunk -> forecast.md
     python experiments/h100_compile.py forecast --preset paper-era5 --member-chunks 1 8 24
+    # forecast-step roofline: the lower bound on its time and what sets it -> forecast.md
+    python experiments/h100_compile.py roofline --preset paper-era5 --members 24
 
 "Fits" compares XLA's buffer assignment (arguments + outputs + temporaries - aliased, per
 device) with the memory a JAX process gets by default: ``XLA_PYTHON_CLIENT_MEM_FRACTION``
@@ -114,11 +116,12 @@ def kernel_rows(stages, wgs_options) -> list[dict]:
                 if branch == "selected" and fused_kernel.can_fuse(stage.block_attn_size, block):
                     local_steps = stage.block_attn_size // block
                     table = s((1, stage.kv_heads, stage.tokens // block, local_steps + top_k), jnp.int32)
-                    gates = s((1, stage.q_heads, 2, stage.tokens), jnp.float32)
+                    gates = s((1, stage.q_heads, 3, stage.tokens), jnp.float32)
+                    o_cmp = s((1, stage.tokens // block, stage.q_heads, stage.head_dim), jnp.float32)
                     kernels.append(("fused forward",
-                                    lambda q, k, v, i, g, b=block, c=cfg, ls=local_steps: fused_kernel.fused_forward(
-                                        q, k, v, i, g, block_size=b, local_steps=ls, config=c),
-                                    (q, kv, kv, table, gates)))
+                                    lambda q, k, v, i, g, o, b=block, c=cfg, ls=local_steps: fused_kernel.fused_forward(
+                                        q, k, v, i, g, o, block_size=b, local_steps=ls, out_dtype=q.dtype, config=c),
+                                    (q, kv, kv, table, gates, o_cmp)))
                 for name, fn, args in kernels:
                     label = "local+selected" if name.startswith("fused") else branch
                     t0 = time.perf_counter()
@@ -231,33 +234,38 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- forecast
-def cmd_forecast(args: argparse.Namespace) -> None:
+def _forecast_step(preset: str, dtype: str, attention_impl: str, devices: int):
+    """``compile(chunk)``: the jitted ``EnsembleSampler.step`` that ``mosaic-jax forecast`` runs, for a
+    chunk of members split over ``devices`` compile-only H100s, parameters replicated; and the config."""
     from mosaic_jax.attention import BatchSharding
     from mosaic_jax.config import get_config
     from mosaic_jax.model import init_params
     from mosaic_jax.sampler import EnsembleSampler
 
-    cfg = get_config(args.preset)
-    mesh = jax.sharding.Mesh(np.asarray(deviceless.compile_only_devices(args.devices, TARGET)), ("member",))
+    cfg = get_config(preset)
+    mesh = jax.sharding.Mesh(np.asarray(deviceless.compile_only_devices(devices, TARGET)), ("member",))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     members = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("member"))
-    # as `mosaic-jax forecast` runs it: members split over the devices, parameters replicated
-    sampler = EnsembleSampler(cfg, dtype=jnp.dtype(args.dtype), attention_impl=args.attention_impl,
+    sampler = EnsembleSampler(cfg, dtype=jnp.dtype(dtype), attention_impl=attention_impl,
                               batch_sharding=BatchSharding(mesh, ("member",)))
     params = jax.eval_shape(lambda k: init_params(cfg, k), jax.random.key(0))
     params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), params)
     grid = (cfg.n_lon, cfg.n_lat, cfg.num_channels)
-    rows = []
-    for chunk in args.member_chunks:
-        if chunk % args.devices:
-            continue
+
+    def compile_step(chunk: int):
         s = lambda shape, dt=jnp.float32, sh=members: jax.ShapeDtypeStruct(shape, dt, sharding=sh)  # noqa: E731
         abstract = (params, s((chunk, cfg.num_history_steps, *grid)), s((chunk, 2)),
                     s((cfg.n_lon, cfg.n_lat, cfg.num_static), sh=replicated), s((chunk,), jax.random.key(0).dtype),
                     s((), jnp.int32, sh=replicated))
-        rows.append(memory_row(
-            lambda abstract=abstract: jax.jit(sampler.step, donate_argnums=(1, 2)).trace(*abstract).lower().compile(),
-            chunk=chunk))
+        return jax.jit(sampler.step, donate_argnums=(1, 2)).trace(*abstract).lower().compile()
+
+    return compile_step, cfg
+
+
+def cmd_forecast(args: argparse.Namespace) -> None:
+    compile_step, _ = _forecast_step(args.preset, args.dtype, args.attention_impl, args.devices)
+    rows = [memory_row(lambda chunk=chunk: compile_step(chunk), chunk=chunk)
+            for chunk in args.member_chunks if chunk % args.devices == 0]
     lines = [f"| members per pass (all devices) | {MEMORY_HEADER} |", "|---|---|---|---|---|"]
     lines += [f"| {r['chunk']} | {memory_cells(r)} |" for r in rows]
     body = (f"One forecast step of `{args.preset}` (the jitted `EnsembleSampler.step` that `mosaic-jax forecast` runs; "
@@ -271,6 +279,83 @@ def cmd_forecast(args: argparse.Namespace) -> None:
     if not args.no_record:
         print("->", append_result("forecast", f"{args.preset} forecast step compiled for the H100 without a GPU",
                                   body, device=_device_line(args.devices)))
+
+
+# ----------------------------------------------------------------------------- roofline
+# Dense bf16 tensor-core peak and HBM bandwidth (NVIDIA datasheets, SXM parts).
+ROOFLINE_DEVICES = {"H100 SXM": (989.4e12, 3.35e12), "H200 SXM": (989.4e12, 4.8e12)}
+
+
+def _attention_kernel_flops(ins, operand_shapes: list[str]) -> float:
+    """A Pallas custom call's FLOPs: its kernel's name is in the op_name path, its sizes in its operands."""
+    from mosaic_jax import roofline
+    from pallas_kernels.mosaic_attention.flops import KERNEL_MATMULS, kernel_launch_flops
+
+    kernel = next((k for k in KERNEL_MATMULS if f"/{k}/" in ins.op_name), None)
+    if kernel is None:
+        raise ValueError(f"custom call {ins.name} ({ins.op_name}) is not one of this project's attention kernels")
+    return kernel_launch_flops(kernel, [roofline.shape_dims(s)[0][1] for s in operand_shapes])
+
+
+def cmd_roofline(args: argparse.Namespace) -> None:
+    from mosaic_jax import roofline
+    from mosaic_jax.sampler import member_step_flops
+
+    compile_step, cfg = _forecast_step(args.preset, args.dtype, args.attention_impl, 1)
+    t0 = time.perf_counter()
+    compiled = compile_step(args.members)
+    compile_s = time.perf_counter() - t0
+    costs = roofline.op_costs(compiled.as_text(), _attention_kernel_flops)
+    counted = args.members * member_step_flops(cfg)
+    names = list(ROOFLINE_DEVICES)
+    per_member = 1e3 / args.members  # seconds per pass -> ms per member-step
+    totals = {d: roofline.summarize(costs, *ROOFLINE_DEVICES[d]) for d in names}
+    labels = {"matmul": "matrix fusions (XLA)", "custom-call": "attention kernels (Pallas)",
+              "memory": "memory-bound fusions (norms, activations, casts, gathers)", "collective": "collectives",
+              "total": "**all**"}
+    table = [f"| kernels | launches | TFLOP | GB moved | {' | '.join(f'{d}: ms per member-step' for d in names)} "
+             f"| {names[0]}: of which memory-bound |", "|---|---|---|---|" + "---|" * (len(names) + 1)]
+    for cat in ("matmul", "custom-call", "memory", "collective", "total"):
+        if cat not in totals[names[0]]:
+            continue
+        t = totals[names[0]][cat]
+        cells = " | ".join(f"{totals[d][cat].seconds * per_member:.2f}" for d in names)
+        table.append(f"| {labels[cat]} | {t.ops} | {t.flops / 1e12:.1f} | {t.bytes / 1e9:.1f} | {cells} "
+                     f"| {t.memory_bound_seconds * per_member:.2f} |")
+    by_path: dict[tuple[str, str], list[float]] = {}
+    for c in costs:
+        key = (roofline.module_path(c.op_name, args.path_depth), c.category)
+        acc = by_path.setdefault(key, [0.0, 0.0])
+        acc[0] += c.seconds(*ROOFLINE_DEVICES[names[0]])
+        acc[1] += c.count * c.bytes
+    top = sorted(by_path.items(), key=lambda kv: -kv[1][0])[: args.top]
+    paths = [f"| model path (blocks grouped) | kernels | {names[0]}: ms per member-step | GB moved per member |",
+             "|---|---|---|---|"]
+    paths += [f"| `{p}` | {cat} | {sec * per_member:.3f} | {nbytes / 1e9 / args.members:.2f} |"
+              for (p, cat), (sec, nbytes) in top]
+    hlo_flops = totals[names[0]]["total"].flops
+    bound = {d: totals[d]["total"].seconds / args.members for d in names}
+    forecast = ", ".join(f"{d} {bound[d] * args.steps * args.forecast_members:.2f} s" for d in names)
+    body = (
+        f"Roofline of one forecast step of `{args.preset}` for {args.members} members (the jitted "
+        f"`EnsembleSampler.step`; {args.dtype} compute, attention `{args.attention_impl}`), compiled for the H100 "
+        f"without a GPU in {compile_s:.0f} s (`mosaic_jax/roofline.py`). Each kernel XLA launches is "
+        f"charged max(matrix FLOPs / peak, bytes / bandwidth); the sum is a lower bound on the step's time that no "
+        f"schedule can beat. Peaks: dense bf16 {ROOFLINE_DEVICES[names[0]][0] / 1e12:.0f} TFLOP/s; HBM "
+        + ", ".join(f"{d} {ROOFLINE_DEVICES[d][1] / 1e12:.2f} TB/s" for d in names)
+        + f". The compiled program's matrix FLOPs (XLA fusions plus the Pallas kernels' own count) are "
+        f"{hlo_flops / 1e12:.1f} TFLOP against {counted / 1e12:.1f} TFLOP counted from the model's jaxpr "
+        f"(`member_step_flops` x {args.members}; ratio {hlo_flops / counted:.3f}).\n\n"
+        + "\n".join(table)
+        + "\n\nLower bound per member-step: "
+        + ", ".join(f"{d} {bound[d] * 1e3:.1f} ms" for d in names)
+        + f"; a {args.forecast_members}-member {args.steps}-step forecast therefore takes at least {forecast}. "
+        f"Where the time goes, by the model path in the ops' metadata (top {args.top}, {names[0]}):\n\n"
+        + "\n".join(paths))
+    print(body)
+    if not args.no_record:
+        print("->", append_result("forecast", f"{args.preset} forecast step: roofline from the H100 compile",
+                                  body, device=_device_line(1)))
 
 
 def main(argv=None) -> int:
@@ -294,12 +379,21 @@ def main(argv=None) -> int:
     f.add_argument("--dtype", default="bfloat16")
     f.add_argument("--attention-impl", default="pallas", choices=["pallas", "pallas-fused", "xla"])
     f.add_argument("--devices", type=int, default=1, help="compile-only H100s the members are split over")
+    r = sub.add_parser("roofline", help="forecast-step roofline: what bounds its time on the H100")
+    r.add_argument("--preset", default="paper-era5")
+    r.add_argument("--members", type=int, default=24, help="members in the compiled pass (the forecast's chunk)")
+    r.add_argument("--dtype", default="bfloat16")
+    r.add_argument("--attention-impl", default="pallas-fused", choices=["pallas", "pallas-fused"])
+    r.add_argument("--steps", type=int, default=10, help="forecast length the bound is quoted for")
+    r.add_argument("--forecast-members", type=int, default=24, help="ensemble size the bound is quoted for")
+    r.add_argument("--path-depth", type=int, default=3, help="model-path components to group by")
+    r.add_argument("--top", type=int, default=12)
     args = p.parse_args(argv)
     reason = deviceless.available()
     if reason:
         print(f"cannot compile for the H100 here: {reason}", file=sys.stderr)
         return 2
-    {"kernels": cmd_kernels, "train": cmd_train, "forecast": cmd_forecast}[args.cmd](args)
+    {"kernels": cmd_kernels, "train": cmd_train, "forecast": cmd_forecast, "roofline": cmd_roofline}[args.cmd](args)
     return 0
 
 

@@ -104,8 +104,8 @@ class MosaicAttention(nn.Module):
         gates = jax.nn.softmax(logits, axis=-1)
         o = mosaic_attention(q, k, v, gates, block_attn_size=c.block_attn_size,
                              sparse_block_size=c.sparse_block_size, top_k=c.sparse_block_count, impl=self.impl,
-                             batch_sharding=self.batch_sharding)
-        return self.to_o(o.astype(self.dtype).reshape(b, n, c.dim))
+                             out_dtype=self.dtype, batch_sharding=self.batch_sharding)
+        return self.to_o(o.reshape(b, n, c.dim))
 
 
 class CSwiGLU(nn.Module):

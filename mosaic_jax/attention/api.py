@@ -16,9 +16,10 @@ kernel runs under ``jax.shard_map`` on each device's own sequences instead.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
 from mosaic_jax.attention import reference
@@ -72,12 +73,15 @@ def default_impl() -> str:
 
 
 def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array, *, block_attn_size: int,
-                     sparse_block_size: int, top_k: int, impl: Impl = "auto",
+                     sparse_block_size: int, top_k: int, impl: Impl = "auto", out_dtype: Any = None,
                      batch_sharding: BatchSharding | None = None) -> jax.Array:
     """Gated sum of local, compressed and top-k selected block attention (SPEC.md).
 
     q (B, N, Hq, d); k, v (B, N, Hk, d), RoPE already applied; gates (B, N, Hq, 3) are
-    the softmaxed branch weights. Returns (B, N, Hq, d) float32. ``batch_sharding``: how
+    the softmaxed branch weights. Returns (B, N, Hq, d) in ``out_dtype``, by default the
+    accumulation dtype (float32; float64 for float64 inputs on the xla path). The branches
+    accumulate in it whatever ``out_dtype`` is, so the fused kernel can write the model's
+    compute dtype directly. ``batch_sharding``: how
     B is split over devices inside a sharded jit (used by the Pallas kernels only).
     """
     validate_shapes(q, k, v, gates, block_attn_size=block_attn_size, sparse_block_size=sparse_block_size,
@@ -93,8 +97,9 @@ def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array,
             except NotImplementedError:  # shapes or dtypes the kernels do not take (e.g. float32)
                 impl = "xla"
     if impl == "xla":
-        return reference.mosaic_attention(q, k, v, gates, block_attn_size=block_attn_size,
-                                          sparse_block_size=sparse_block_size, top_k=top_k)
+        o = reference.mosaic_attention(q, k, v, gates, block_attn_size=block_attn_size,
+                                       sparse_block_size=sparse_block_size, top_k=top_k)
+        return o if out_dtype is None else o.astype(out_dtype)
     if impl in ("pallas", "pallas-fused"):
         from pallas_kernels import mosaic_attention as kernels  # imported lazily: GPU-only code
 
@@ -102,7 +107,8 @@ def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array,
 
         def kernel(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array) -> jax.Array:
             return kernels.mosaic_attention(q, k, v, gates, block_attn_size=block_attn_size,
-                                            sparse_block_size=sparse_block_size, top_k=top_k, config=config)
+                                            sparse_block_size=sparse_block_size, top_k=top_k,
+                                            out_dtype=out_dtype or jnp.float32, config=config)
 
         if batch_sharding is None or batch_sharding.num_shards == 1:
             return kernel(q, k, v, gates)

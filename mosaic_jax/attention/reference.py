@@ -62,10 +62,14 @@ def local_attention(q: Array, k: Array, v: Array, block_size: int) -> Array:
     return o.reshape(b, n, hq, d)
 
 
+def compressed_block_attention(q: Array, k: Array, v: Array, block_size: int) -> Array:
+    """Attention among mean-pooled blocks: (B, N/block, Hq, d), one output row per block."""
+    return dense_attention(mean_pool(q, block_size), mean_pool(k, block_size), mean_pool(v, block_size))
+
+
 def compressed_attention(q: Array, k: Array, v: Array, block_size: int) -> Array:
     """Attention among mean-pooled blocks; every token receives its block's output."""
-    o = dense_attention(mean_pool(q, block_size), mean_pool(k, block_size), mean_pool(v, block_size))
-    return jnp.repeat(o, block_size, axis=1)
+    return jnp.repeat(compressed_block_attention(q, k, v, block_size), block_size, axis=1)
 
 
 def block_scores(q: Array, k: Array, block_size: int) -> Array:

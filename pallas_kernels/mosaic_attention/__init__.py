@@ -2,8 +2,8 @@
 
 ``mosaic_attention`` is what ``mosaic_jax.attention.api.mosaic_attention(impl="pallas")``
 calls. The selection kernels (forward, dq, dk/dv) live in ``selection_kernel``; the local
-branch reuses them on a fixed table (``local_kernel``); ``fused_kernel`` runs both branches'
-forward as one kernel; FLOP counts in ``flops``.
+branch reuses them on a fixed table (``local_kernel``); ``fused_kernel`` runs the whole gated
+forward as one kernel; FLOP counts (per branch, per kernel launch) in ``flops``.
 """
 
 from pallas_kernels.mosaic_attention.api import mosaic_attention

@@ -25,9 +25,10 @@ class SelectionConfig:
       each streamed kv block, so 2 halves the kv traffic per query row. Reduced to 1 when
       the G*sparse_block_size query rows of a (query block, kv head) are one 64-row tile.
     max_concurrent_steps: depth of the TMA ring of kv (forward, dq) or q/do (dk/dv) tiles.
-    fuse_forward: when not differentiated, run the local and selected branches as one kernel
-      that applies their gates (fused_kernel.py) where the local tile equals the sparse
-      block. Off until an H100 timing shows it faster than the two branch kernels.
+    fuse_forward: when not differentiated, run the whole gated attention forward as one
+      kernel (fused_kernel.py: local and selected streamed, compressed row added, gates
+      applied) where the local tile equals the sparse block. Off until an H100 timing shows
+      it faster than the two branch kernels.
     """
 
     num_compute_wgs: int = 2

@@ -58,3 +58,38 @@ def mosaic_flops(batch: int, seq_len: int, num_q_heads: int, head_dim: int, *, b
 def dense_flops(batch: int, seq_len: int, num_q_heads: int, head_dim: int) -> float:
     """Non-causal dense attention forward: 4*N^2*d per (batch, head)."""
     return 4.0 * batch * num_q_heads * seq_len * seq_len * head_dim
+
+
+# Matrix products per (query row, streamed kv row) pair in each kernel of this package: the
+# forward kernels QK^T and PV; dq recomputes QK^T and forms dP = dO V^T and dQ = dS K; dk/dv
+# recomputes S^T and dP^T and forms dV and dK. The backward kernels' recomputation makes their
+# hardware FLOPs 3.5x the forward's (the model-FLOP convention above counts 2.5x).
+KERNEL_MATMULS = {
+    "mosaic_selection_fwd": 2,
+    "mosaic_local_selected_fwd": 2,
+    "mosaic_selection_bwd_dq": 3,
+    "mosaic_selection_bwd_dkv": 4,
+}
+
+
+def kernel_launch_flops(kernel: str, operand_shapes: list[tuple[int, ...]]) -> float:
+    """Matrix FLOPs one launch of ``kernel`` performs, from the shapes of its operands.
+
+    Every kernel streams, for each query block of ``bs`` tokens and query head, ``K`` kv
+    blocks of ``bs`` tokens (the local tiles, the selection, or both): ``2 * matmuls * B * N
+    * Hq * d * bs * K``. The forward and dq kernels take ``(indices (B, Hk, N/bs, K), q (B,
+    N, Hq, d), ...)``; dk/dv takes ``(inverse lists (B, Hk, N/bs * K), offsets (B, Hk, N/bs
+    + 1), q, ...)``. Used to give a compiled program's Pallas custom calls their FLOPs
+    (``mosaic_jax.roofline``), which HLO cannot see.
+    """
+    if kernel not in KERNEL_MATMULS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(KERNEL_MATMULS)}")
+    if kernel == "mosaic_selection_bwd_dkv":
+        inverse, offsets, q = operand_shapes[:3]
+        num_blocks = offsets[-1] - 1
+        per_query_block = inverse[-1] // num_blocks
+    else:
+        indices, q = operand_shapes[:2]
+        num_blocks, per_query_block = indices[-2], indices[-1]
+    b, n, hq, d = q
+    return 2.0 * KERNEL_MATMULS[kernel] * b * n * hq * d * (n // num_blocks) * per_query_block

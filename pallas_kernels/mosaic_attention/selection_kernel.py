@@ -186,7 +186,7 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
     scale_log2 = d**-0.5 * LOG2E
     regs = _register_split(wgs)
 
-    def kernel(idx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
+    def mosaic_selection_fwd(idx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
                q_smem, p_smem, o_smem, lse_smem, k_smem, v_smem,
                q_bar, k_bar, v_bar, k_free, v_free):
         bi = lax.axis_index("b")
@@ -235,7 +235,7 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
     )
     o, lse = plgpu.kernel(
-        kernel,
+        mosaic_selection_fwd,
         out_type=(jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32),
                   jax.ShapeDtypeStruct((b, hq, n), jnp.float32)),
         scratch_types=scratch,
@@ -289,7 +289,7 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
     scale = d**-0.5
     regs = _register_split(wgs)
 
-    def kernel(idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref,
+    def mosaic_selection_bwd_dq(idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref,
                q_smem, do_smem, ds_smem, dq_smem, lse_smem, delta_smem, k_smem, v_smem,
                in_bar, k_bar, v_bar, k_free, v_free):
         bi = lax.axis_index("b")
@@ -358,7 +358,7 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
     )
     return plgpu.kernel(
-        kernel,
+        mosaic_selection_bwd_dq,
         out_type=jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32),
         scratch_types=scratch,
         grid=(nb, tiles, hk, b),
@@ -390,7 +390,7 @@ def selection_backward_dkv(q, k, v, do, lse, delta, indices, *, block_size: int,
     regs = _register_split(wgs)
     inv_qb, offsets = invert_selection(indices, nb)
 
-    def kernel(inv_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
+    def mosaic_selection_bwd_dkv(inv_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
                k_smem, v_smem, st_smem, dk_smem, dv_smem, q_smem, do_smem, lse_smem, delta_smem,
                kv_bar, q_bar, do_bar, q_free, do_free):
         bi = lax.axis_index("b")
@@ -486,7 +486,7 @@ def selection_backward_dkv(q, k, v, do, lse, delta, indices, *, block_size: int,
     )
     kv_shape = jax.ShapeDtypeStruct((b, n, hk, d), jnp.float32)
     return plgpu.kernel(
-        kernel,
+        mosaic_selection_bwd_dkv,
         out_type=(kv_shape, kv_shape),
         scratch_types=scratch,
         grid=(nb, kv_tiles, hk, b),

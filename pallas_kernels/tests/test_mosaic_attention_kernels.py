@@ -143,49 +143,52 @@ def test_mosaic_attention_values_and_gradients():
         assert rel_l2(grad, grad_ref) <= TOL_16BIT, name
 
 
-# (batch, seq, Hq, Hk, head_dim, block_attn, sparse_block, top_k, dtype): the local tile equals the
-# sparse block (128 or 64 tokens), GQA 1, 2, 4.
+# (batch, seq, Hq, Hk, head_dim, block_attn, sparse_block, top_k, dtype, out_dtype): the local tile
+# equals the sparse block (128 or 64 tokens), GQA 1, 2, 4; output in the inputs' dtype or float32.
 FUSED_CASES = [
-    (1, 512, 2, 2, 64, 256, 128, 2, jnp.bfloat16),
-    (2, 384, 4, 2, 64, 192, 64, 3, jnp.float16),
-    (1, 512, 4, 1, 64, 256, 128, 3, jnp.bfloat16),
+    (1, 512, 2, 2, 64, 256, 128, 2, jnp.bfloat16, jnp.bfloat16),
+    (2, 384, 4, 2, 64, 192, 64, 3, jnp.float16, jnp.float32),
+    (1, 512, 4, 1, 64, 256, 128, 3, jnp.bfloat16, jnp.bfloat16),
 ]
 
 
-@pytest.mark.parametrize("b,n,hq,hk,d,block,bs,top_k,dtype", FUSED_CASES)
-def test_fused_forward_is_the_gated_sum_of_both_branches(b, n, hq, hk, d, block, bs, top_k, dtype):
+@pytest.mark.parametrize("b,n,hq,hk,d,block,bs,top_k,dtype,out_dtype", FUSED_CASES)
+def test_fused_forward_is_the_gated_sum_of_the_three_branches(b, n, hq, hk, d, block, bs, top_k, dtype, out_dtype):
     assert fused_kernel.can_fuse(block, bs)
     q, k, v, gates, _ = inputs(9, b, n, hq, hk, d, dtype)
-    pair_gates = gates[..., :2]  # per-row weights of the two branches
     indices = random_selection(10, b, hk, n // bs, top_k)
+    o_cmp = reference.compressed_block_attention(q, k, v, bs)
     with interpret():
-        o = fused_kernel.local_selected_attention(q, k, v, pair_gates, indices, block, bs)
-    o_ref = (pair_gates[..., 0:1] * reference.local_attention(f32(q), f32(k), f32(v), block)
-             + pair_gates[..., 1:2] * reference.selected_attention(f32(q), f32(k), f32(v), indices, bs))
-    assert o.dtype == jnp.float32
+        o = fused_kernel.fused_attention(q, k, v, gates, indices, o_cmp, block, bs, out_dtype)
+    q32, k32, v32 = f32(q), f32(k), f32(v)
+    o_ref = (gates[..., 0:1] * reference.local_attention(q32, k32, v32, block)
+             + gates[..., 1:2] * reference.compressed_attention(q32, k32, v32, bs)
+             + gates[..., 2:3] * reference.selected_attention(q32, k32, v32, indices, bs))
+    assert o.dtype == out_dtype
     assert rel_l2(o, o_ref) <= TOL_16BIT
 
 
 def test_fused_attention_gradients_are_the_branch_kernels():
     """Under differentiation the fused call runs the two branch kernels, whose VJPs give the
-    gradients: exactly those of the unfused composition, and the reference's within tolerance."""
+    gradients: exactly those of the unfused composition, the compressed rows' included."""
     b, n, hq, hk, d, block, bs, top_k = 1, 512, 4, 2, 64, 256, 128, 2
     q, k, v, gates, cot = inputs(11, b, n, hq, hk, d, jnp.bfloat16)
     indices = random_selection(12, b, hk, n // bs, top_k)
-    pair_gates = gates[..., :2]
+    o_cmp = reference.compressed_block_attention(q, k, v, bs)
 
-    def unfused(q, k, v, g):
+    def unfused(q, k, v, g, c):
         return (g[..., 0:1] * kernels.local_attention(q, k, v, block)
-                + g[..., 1:2] * kernels.selected_attention(q, k, v, indices, bs))
+                + g[..., 1:2] * jnp.repeat(c, bs, axis=1)
+                + g[..., 2:3] * kernels.selected_attention(q, k, v, indices, bs))
 
     with interpret():
-        o, vjp = jax.vjp(lambda *a: fused_kernel.local_selected_attention(*a, indices, block, bs), q, k, v,
-                         pair_gates)
+        o, vjp = jax.vjp(lambda q, k, v, g, c: fused_kernel.fused_attention(q, k, v, g, indices, c, block, bs),
+                         q, k, v, gates, o_cmp)
         grads = vjp(cot)
-        o_unfused, vjp_unfused = jax.vjp(unfused, q, k, v, pair_gates)
+        o_unfused, vjp_unfused = jax.vjp(unfused, q, k, v, gates, o_cmp)
         grads_unfused = vjp_unfused(cot)
     np.testing.assert_array_equal(np.asarray(o), np.asarray(o_unfused))  # differentiated: the same kernels
-    for name, grad, grad_unfused in zip(["q", "k", "v", "gates"], grads, grads_unfused):
+    for name, grad, grad_unfused in zip(["q", "k", "v", "gates", "o_cmp"], grads, grads_unfused):
         np.testing.assert_array_equal(np.asarray(grad), np.asarray(grad_unfused), err_msg=name)
 
 
@@ -195,8 +198,13 @@ def test_mosaic_attention_with_the_fused_forward():
     q, k, v, gates, _ = inputs(13, b, n, hq, hk, d, jnp.bfloat16)
     with interpret():
         o = kernels.mosaic_attention(q, k, v, gates, config=SelectionConfig(fuse_forward=True), **kw)
+        o16 = kernels.mosaic_attention(q, k, v, gates, config=SelectionConfig(fuse_forward=True),
+                                       out_dtype=jnp.bfloat16, **kw)
     o_ref = reference.mosaic_attention(f32(q), f32(k), f32(v), gates, **kw)
+    assert o.dtype == jnp.float32 and o16.dtype == jnp.bfloat16
     assert rel_l2(o, o_ref) <= TOL_16BIT
+    # the same float32 sum, rounded once to bfloat16 in the kernel's epilogue
+    np.testing.assert_array_equal(np.asarray(o16), np.asarray(o.astype(jnp.bfloat16)))
 
 
 @pytest.mark.parametrize("impl, kw", [

@@ -74,16 +74,19 @@ def test_kernels_compile_for_sm90a_at_the_published_stage1_shape(branch):
 
 
 def test_fused_forward_compiles_for_sm90a_without_spills():
-    """The local+selected forward kernel at the stage-1 shape: two softmax states and the gates
-    in registers, still no spill, and the forward kernel's SMEM."""
+    """The fused forward kernel at the stage-1 shape: two softmax states, three gates and the
+    compressed row in registers, a bfloat16 output tile, still no spill, within the SMEM limit."""
     assert fused_kernel.can_fuse(STAGE1.block_attn_size, STAGE1.sparse_block_size)
     local_steps = STAGE1.block_attn_size // STAGE1.sparse_block_size
     q, kv, _, idx = _abstract(STAGE1, STAGE1.sparse_block_size, local_steps + STAGE1.top_k)
-    gates = jax.ShapeDtypeStruct((1, STAGE1.q_heads, 2, STAGE1.tokens), jnp.float32)
+    gates = jax.ShapeDtypeStruct((1, STAGE1.q_heads, 3, STAGE1.tokens), jnp.float32)
+    o_cmp = jax.ShapeDtypeStruct((1, STAGE1.tokens // STAGE1.sparse_block_size, STAGE1.q_heads, STAGE1.head_dim),
+                                 jnp.float32)
     cfg = SelectionConfig(num_compute_wgs=2)
     r = deviceless.compile_kernel(
-        lambda q, k, v, i, g: fused_kernel.fused_forward(q, k, v, i, g, block_size=STAGE1.sparse_block_size,
-                                                         local_steps=local_steps, config=cfg), q, kv, kv, idx, gates)
+        lambda q, k, v, i, g, o: fused_kernel.fused_forward(q, k, v, i, g, o, block_size=STAGE1.sparse_block_size,
+                                                            local_steps=local_steps, out_dtype=jnp.bfloat16,
+                                                            config=cfg), q, kv, kv, idx, gates, o_cmp)
     assert 0 < r.smem_bytes <= SMEM_PER_BLOCK, r.smem_bytes
     assert r.registers * (cfg.num_compute_wgs + 1) * 128 <= deviceless.H100_SXM_80GB.registers_per_sm
     assert not r.spills, r.ptxas_log[-800:]

@@ -1,0 +1,97 @@
+"""The roofline reads FLOPs and bytes from compiled HLO: checked on CPU-compiled programs
+against analytic counts, and the attention kernels' launch FLOPs against the branch definitions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mosaic_jax import roofline
+from pallas_kernels.mosaic_attention.flops import kernel_launch_flops, mosaic_flops
+
+
+def _costs(fn, *args, **kwargs) -> list[roofline.OpCost]:
+    return roofline.op_costs(jax.jit(fn).lower(*args).compile().as_text(), **kwargs)
+
+
+def test_matmul_flops_and_elementwise_bytes():
+    x, y = jnp.ones((64, 128)), jnp.ones((128, 32))
+    costs = _costs(lambda x, y: jnp.tanh(x @ y), x, y)
+    matmul = [c for c in costs if c.category == "matmul"]
+    assert sum(c.flops for c in costs) == 2 * 64 * 128 * 32
+    assert len(matmul) == 1 and matmul[0].bytes >= (64 * 128 + 128 * 32 + 64 * 32) * 4
+    # whatever XLA fuses, the program reads both inputs and writes the output at least once
+    assert sum(c.bytes for c in costs) >= (64 * 128 + 128 * 32 + 64 * 32) * 4
+
+
+def test_loop_body_counts_once_per_iteration():
+    x = jnp.ones((32, 32))
+    costs = _costs(lambda x: jax.lax.scan(lambda c, _: (jnp.sin(c @ x), None), x, None, length=5)[0], x)
+    assert sum(c.count * c.flops for c in costs) == 5 * 2 * 32**3
+    assert max(c.count for c in costs) == 5
+
+
+def test_sliced_operand_counts_only_the_slice():
+    x = jnp.ones((4096, 256))
+    costs = _costs(lambda x: x[:8] * 2.0, x)
+    # an 8-row slice read and written: far from the 4 MiB input
+    assert sum(c.bytes for c in costs) <= 4 * 8 * 256 * 4
+
+
+def test_custom_call_flops_come_from_the_caller():
+    a = jnp.eye(64) * 2.0
+    seen = []
+
+    def flops(ins, operand_shapes):
+        seen.append(operand_shapes)
+        return 1e9
+
+    costs = _costs(jnp.linalg.cholesky, a, custom_call_flops=flops)
+    calls = [c for c in costs if c.category == "custom-call"]
+    assert calls and all(c.flops == 1e9 for c in calls)
+    assert any(roofline.shape_bytes(s) == 64 * 64 * 4 for shapes in seen for s in shapes)
+
+
+def test_while_without_trip_count_is_refused():
+    def fn(x):
+        return jax.lax.while_loop(lambda c: c.sum() < 1e6, lambda c: c @ c + 1.0, x)
+
+    with pytest.raises(ValueError, match="trip count"):
+        _costs(fn, jnp.ones((8, 8)))
+
+
+def test_seconds_is_the_slower_of_compute_and_memory():
+    op = roofline.OpCost("f", "fusion", "matmul", "", "f32[1]", flops=4e12, bytes=1e9, count=2)
+    assert op.seconds(1e15, 1e12) == pytest.approx(2 * 4e-3)  # compute-bound: 4 ms each
+    assert op.seconds(1e15, 1e11) == pytest.approx(2 * 1e-2)  # memory-bound: 10 ms each
+    total = roofline.summarize([op], 1e15, 1e11)
+    assert total["total"].memory_bound_seconds == pytest.approx(2e-2)
+    assert total["matmul"].flops == 8e12
+
+
+def test_shape_bytes_of_tuples_and_dtypes():
+    assert roofline.shape_bytes("(bf16[3072]{0}, f32[2,3]{1,0})") == 3072 * 2 + 6 * 4
+    assert roofline.shape_bytes("s32[]") == 4
+
+
+def test_module_path_groups_repeated_blocks():
+    path = roofline.module_path("jit(step)/Mosaic/encoder_stages_0/blocks_1/ffn/w13/dot_general")
+    assert path == "encoder_stages_*/blocks_*/ffn"
+    assert roofline.module_path("jit(step)/Mosaic/interp_to_hp/gather", depth=3) == "interp_to_hp"
+
+
+@pytest.mark.parametrize("gqa", [1, 4])
+def test_kernel_launch_flops_match_the_branch_definitions(gqa):
+    b, n, hq, d, bs, top_k, block = 2, 4096, 8, 64, 128, 12, 1024
+    hk, nb = hq // gqa, n // bs
+    ref = mosaic_flops(b, n, hq, d, block_attn_size=block, sparse_block_size=bs, top_k=top_k)
+    q = (b, n, hq, d)
+    assert kernel_launch_flops("mosaic_selection_fwd", [(b, hk, nb, top_k), q]) == ref.selected
+    assert kernel_launch_flops("mosaic_local_selected_fwd", [(b, hk, nb, block // bs + top_k), q]) == pytest.approx(
+        ref.local + ref.selected)
+    backward = (kernel_launch_flops("mosaic_selection_bwd_dq", [(b, hk, nb, top_k), q])
+                + kernel_launch_flops("mosaic_selection_bwd_dkv", [(b, hk, nb * top_k), (b, hk, nb + 1), q]))
+    assert backward == pytest.approx(3.5 * ref.selected)  # 7 products (recomputation included) against 2
+    with pytest.raises(ValueError, match="unknown kernel"):
+        kernel_launch_flops("flash", [q])
