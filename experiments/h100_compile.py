@@ -286,15 +286,19 @@ def cmd_forecast(args: argparse.Namespace) -> None:
 ROOFLINE_DEVICES = {"H100 SXM": (989.4e12, 3.35e12), "H200 SXM": (989.4e12, 4.8e12)}
 
 
-def _attention_kernel_flops(ins, operand_shapes: list[str]) -> float:
+def _pallas_kernel_flops(ins, operand_shapes: list[str]) -> float:
     """A Pallas custom call's FLOPs: its kernel's name is in the op_name path, its sizes in its operands."""
     from mosaic_jax import roofline
+    from pallas_kernels import gated_mlp
     from pallas_kernels.mosaic_attention.flops import KERNEL_MATMULS, kernel_launch_flops
 
+    dims = [roofline.shape_dims(s)[0][1] for s in operand_shapes]
+    if "/mosaic_gated_up_projection/" in ins.op_name:
+        return gated_mlp.launch_flops(dims)
     kernel = next((k for k in KERNEL_MATMULS if f"/{k}/" in ins.op_name), None)
     if kernel is None:
-        raise ValueError(f"custom call {ins.name} ({ins.op_name}) is not one of this project's attention kernels")
-    return kernel_launch_flops(kernel, [roofline.shape_dims(s)[0][1] for s in operand_shapes])
+        raise ValueError(f"custom call {ins.name} ({ins.op_name}) is not one of this project's Pallas kernels")
+    return kernel_launch_flops(kernel, dims)
 
 
 def cmd_roofline(args: argparse.Namespace) -> None:
@@ -305,12 +309,12 @@ def cmd_roofline(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     compiled = compile_step(args.members)
     compile_s = time.perf_counter() - t0
-    costs = roofline.op_costs(compiled.as_text(), _attention_kernel_flops)
+    costs = roofline.op_costs(compiled.as_text(), _pallas_kernel_flops)
     counted = args.members * member_step_flops(cfg)
     names = list(ROOFLINE_DEVICES)
     per_member = 1e3 / args.members  # seconds per pass -> ms per member-step
     totals = {d: roofline.summarize(costs, *ROOFLINE_DEVICES[d]) for d in names}
-    labels = {"matmul": "matrix fusions (XLA)", "custom-call": "attention kernels (Pallas)",
+    labels = {"matmul": "matrix fusions (XLA)", "custom-call": "Pallas kernels (attention; cSwiGLU up-projection with pallas-fused)",
               "memory": "memory-bound fusions (norms, activations, casts, gathers)", "collective": "collectives",
               "total": "**all**"}
     table = [f"| kernels | launches | TFLOP | GB moved | {' | '.join(f'{d}: ms per member-step' for d in names)} "

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mosaic_jax import grids
-from mosaic_jax.attention import BatchSharding, mosaic_attention
+from mosaic_jax.attention import BatchSharding, mosaic_attention, per_device
 from mosaic_jax.config import AttentionConfig
 
 Dtype = Any
@@ -109,12 +109,19 @@ class MosaicAttention(nn.Module):
 
 
 class CSwiGLU(nn.Module):
-    """SwiGLU whose gate is shifted by a per-member noise bias: the source of ensemble spread."""
+    """SwiGLU whose gate is shifted by a per-member noise bias: the source of ensemble spread.
+
+    ``fused``: the up-projection and its gate as one Pallas kernel (pallas_kernels/gated_mlp),
+    which never writes the (tokens, 2*hidden) product to memory; used for inference with
+    ``attention_impl="pallas-fused"``, and differentiated through its XLA composition.
+    """
 
     dim: int
     hidden: int
     noise_dim: int
     dtype: Dtype = jnp.float32
+    fused: bool = False
+    batch_sharding: BatchSharding | None = None
 
     def setup(self) -> None:
         self.w13 = Linear(self.dim, 2 * self.hidden, dtype=self.dtype)
@@ -122,9 +129,16 @@ class CSwiGLU(nn.Module):
         self.noise_bias = Linear(self.noise_dim, self.hidden, small=True, dtype=self.dtype)
 
     def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
+        bias = self.noise_bias(z)  # (B, hidden)
+        if self.fused:
+            from pallas_kernels.gated_mlp import gated_up_projection  # GPU-only code, imported lazily
+
+            h = per_device(lambda x, bias, w13: gated_up_projection(x, w13, bias), self.batch_sharding,
+                           (x.astype(self.dtype), bias), (self.w13.kernel.astype(self.dtype),))
+            return self.w2(h)
         ab = self.w13(x)
         a, b = ab[..., : self.hidden], ab[..., self.hidden:]
-        return self.w2(nn.silu(a + self.noise_bias(z)[:, None, :]) * b)
+        return self.w2(nn.silu(a + bias[:, None, :]) * b)
 
 
 class TransformerBlock(nn.Module):
@@ -139,7 +153,8 @@ class TransformerBlock(nn.Module):
 
     def setup(self) -> None:
         self.attention = MosaicAttention(self.cfg, self.rope_theta, self.dtype, self.impl, self.batch_sharding)
-        self.ffn = CSwiGLU(self.cfg.dim, self.cfg.mlp_hidden, self.noise_dim, self.dtype)
+        self.ffn = CSwiGLU(self.cfg.dim, self.cfg.mlp_hidden, self.noise_dim, self.dtype,
+                           fused=self.impl == "pallas-fused", batch_sharding=self.batch_sharding)
 
     def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
         x = x + self.attention(rms_norm(x, self.dtype))

@@ -2,8 +2,9 @@
 
 ``impl="xla"`` is the pure-JAX reference (any backend, differentiable). ``impl="pallas"``
 is the Mosaic GPU kernel in ``pallas_kernels`` (Hopper only); ``impl="pallas-fused"`` the
-same with the local and selected branches' forward as one kernel where the call is not
-differentiated (``SelectionConfig.fuse_forward``; inference). ``impl="auto"`` picks
+same with the whole gated forward as one kernel where the call is not differentiated
+(``SelectionConfig.fuse_forward``; inference; the model then also fuses its cSwiGLU
+up-projection, ``modules.CSwiGLU``). ``impl="auto"`` picks
 ``"pallas"`` on an H100-class GPU and the reference elsewhere; a forced implementation
 raises its own error rather than silently falling back.
 
@@ -16,6 +17,7 @@ kernel runs under ``jax.shard_map`` on each device's own sequences instead.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -110,12 +112,25 @@ def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array,
                                             sparse_block_size=sparse_block_size, top_k=top_k,
                                             out_dtype=out_dtype or jnp.float32, config=config)
 
-        if batch_sharding is None or batch_sharding.num_shards == 1:
-            return kernel(q, k, v, gates)
-        if q.shape[0] % batch_sharding.num_shards:
-            raise ValueError(f"batch {q.shape[0]} is not divisible by the {batch_sharding.num_shards} devices "
-                             f"of mesh axes {batch_sharding.axes}")
-        spec = PartitionSpec(batch_sharding.axes)
-        return jax.shard_map(kernel, mesh=batch_sharding.mesh, in_specs=spec, out_specs=spec,
-                             check_vma=False)(q, k, v, gates)
+        return per_device(kernel, batch_sharding, (q, k, v, gates))
     raise ValueError(f"impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+
+
+def per_device(kernel: Callable[..., jax.Array], batch_sharding: BatchSharding | None, batched: tuple[jax.Array, ...],
+               replicated: tuple[jax.Array, ...] = ()) -> jax.Array:
+    """``kernel(*batched, *replicated)`` with the batch split as ``batch_sharding`` says.
+
+    A Pallas kernel is per-device code: under a sharded jit, each device runs it on its own
+    slice of the ``batched`` arguments (leading dim) under ``jax.shard_map``; ``replicated``
+    arguments (weights) are whole on every device.
+    """
+    if batch_sharding is None or batch_sharding.num_shards == 1:
+        return kernel(*batched, *replicated)
+    batch = batched[0].shape[0]
+    if batch % batch_sharding.num_shards:
+        raise ValueError(f"batch {batch} is not divisible by the {batch_sharding.num_shards} devices "
+                         f"of mesh axes {batch_sharding.axes}")
+    spec = PartitionSpec(batch_sharding.axes)
+    in_specs = (spec,) * len(batched) + (PartitionSpec(),) * len(replicated)
+    return jax.shard_map(kernel, mesh=batch_sharding.mesh, in_specs=in_specs, out_specs=spec,
+                         check_vma=False)(*batched, *replicated)

@@ -92,6 +92,22 @@ def test_fused_forward_compiles_for_sm90a_without_spills():
     assert not r.spills, r.ptxas_log[-800:]
 
 
+@pytest.mark.parametrize("stage", PUBLISHED_STAGES, ids=lambda s: s.name)
+def test_gated_mlp_kernel_compiles_for_sm90a_without_spills(stage):
+    """The cSwiGLU up-projection kernel at each level's (tokens, dim, hidden = 4 dim) for 24
+    members: two 64x128 float32 accumulators per compute warpgroup, no spill."""
+    from pallas_kernels.gated_mlp import DEFAULT_CONFIG, gated_up_projection_forward
+
+    dim = stage.q_heads * stage.head_dim
+    hidden = 4 * dim
+    s = jax.ShapeDtypeStruct
+    r = deviceless.compile_kernel(gated_up_projection_forward, s((24, stage.tokens, dim), jnp.bfloat16),
+                                  s((dim, 2 * hidden), jnp.bfloat16), s((24, hidden), jnp.float32))
+    assert 0 < r.smem_bytes <= SMEM_PER_BLOCK, r.smem_bytes
+    assert r.registers * (DEFAULT_CONFIG.num_compute_wgs + 1) * 128 <= deviceless.H100_SXM_80GB.registers_per_sm
+    assert not r.spills, r.ptxas_log[-800:]
+
+
 def test_whole_attention_gradient_compiles_and_its_memory_is_linear_in_the_inputs():
     """Forward + backward of the kernel path: device memory within a small multiple of its inputs
     and gradients (no (tokens x selected tokens) intermediate), unlike the xla path.
