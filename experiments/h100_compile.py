@@ -11,8 +11,9 @@ are no timings: those come from ``bench_attention.py``, ``bench_train.py`` and
     python experiments/h100_compile.py train --batch-sizes 1 2 4 8 16 --attention-impl pallas
     # ensemble forecast step: device memory per member chunk -> forecast.md
     python experiments/h100_compile.py forecast --preset paper-era5 --member-chunks 1 8 24
-    # forecast-step roofline: the lower bound on its time and what sets it -> forecast.md
-    python experiments/h100_compile.py roofline --preset paper-era5 --members 24
+    # roofline: the lower bound on a step's time and what sets it -> forecast.md / train.md
+    python experiments/h100_compile.py roofline --program forecast --members 24
+    python experiments/h100_compile.py roofline --program train --batch 6
 
 "Fits" compares XLA's buffer assignment (arguments + outputs + temporaries - aliased, per
 device) with the memory a JAX process gets by default: ``XLA_PYTHON_CLIENT_MEM_FRACTION``
@@ -25,6 +26,7 @@ little from what is reported here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -301,31 +303,58 @@ def _pallas_kernel_flops(ins, operand_shapes: list[str]) -> float:
     return kernel_launch_flops(kernel, dims)
 
 
+def _roofline_program(args: argparse.Namespace):
+    """The compiled program, its unit ("member-step" or "initial condition"), how many units one
+    run does, its model FLOPs (jaxpr count, no recomputation) and a description."""
+    from mosaic_jax.config import get_config
+
+    impl = args.attention_impl or ("pallas-fused" if args.program == "forecast" else "pallas")
+    if args.program == "forecast":
+        from mosaic_jax.sampler import member_step_flops
+
+        compile_step, cfg = _forecast_step(args.preset, args.dtype, impl, 1)
+        return (compile_step(args.members), "member-step", args.members, args.members * member_step_flops(cfg),
+                f"one forecast step of `{args.preset}` for {args.members} members (the jitted `EnsembleSampler.step`; "
+                f"{args.dtype} compute, attention `{impl}`)")
+    from mosaic_jax.training import TrainConfig, make_mesh
+    from mosaic_jax.training.train_step import lower_train_step, train_step_flops
+
+    cfg = get_config(args.preset)
+    tc = TrainConfig(batch_size=args.batch, ensemble_members=2, compute_dtype=args.dtype, remat=True,
+                     attention_impl=impl, total_steps=1000, warmup_steps=10)
+    mesh = make_mesh(-1, 1, 1, devices=deviceless.compile_only_devices(1, TARGET))
+    model_flops = train_step_flops(cfg, dataclasses.replace(tc, remat=False))
+    return (lower_train_step(cfg, tc, mesh).compile(), "initial condition", args.batch, model_flops,
+            f"one train step of `{args.preset}` at batch {args.batch} (2 members per initial condition, "
+            f"{args.dtype} compute, per-block remat, AdamW; attention `{impl}`)")
+
+
 def cmd_roofline(args: argparse.Namespace) -> None:
     from mosaic_jax import roofline
-    from mosaic_jax.sampler import member_step_flops
 
-    compile_step, cfg = _forecast_step(args.preset, args.dtype, args.attention_impl, 1)
     t0 = time.perf_counter()
-    compiled = compile_step(args.members)
+    compiled, unit, units, model_flops, what = _roofline_program(args)
     compile_s = time.perf_counter() - t0
-    costs = roofline.op_costs(compiled.as_text(), _pallas_kernel_flops)
-    counted = args.members * member_step_flops(cfg)
+    hlo = compiled.as_text()
+    if args.save_hlo:
+        args.save_hlo.write_text(hlo)
+    costs = roofline.op_costs(hlo, _pallas_kernel_flops)
     names = list(ROOFLINE_DEVICES)
-    per_member = 1e3 / args.members  # seconds per pass -> ms per member-step
+    peak = ROOFLINE_DEVICES[names[0]][0]
+    per_unit = 1e3 / units  # seconds per run -> ms per unit
     totals = {d: roofline.summarize(costs, *ROOFLINE_DEVICES[d]) for d in names}
-    labels = {"matmul": "matrix fusions (XLA)", "custom-call": "Pallas kernels (attention; cSwiGLU up-projection with pallas-fused)",
+    labels = {"matmul": "matrix fusions (XLA)", "custom-call": "Pallas kernels",
               "memory": "memory-bound fusions (norms, activations, casts, gathers)", "collective": "collectives",
               "total": "**all**"}
-    table = [f"| kernels | launches | TFLOP | GB moved | {' | '.join(f'{d}: ms per member-step' for d in names)} "
+    table = [f"| kernels | launches | TFLOP | GB moved | {' | '.join(f'{d}: ms per {unit}' for d in names)} "
              f"| {names[0]}: of which memory-bound |", "|---|---|---|---|" + "---|" * (len(names) + 1)]
     for cat in ("matmul", "custom-call", "memory", "collective", "total"):
         if cat not in totals[names[0]]:
             continue
         t = totals[names[0]][cat]
-        cells = " | ".join(f"{totals[d][cat].seconds * per_member:.2f}" for d in names)
+        cells = " | ".join(f"{totals[d][cat].seconds * per_unit:.2f}" for d in names)
         table.append(f"| {labels[cat]} | {t.ops} | {t.flops / 1e12:.1f} | {t.bytes / 1e9:.1f} | {cells} "
-                     f"| {t.memory_bound_seconds * per_member:.2f} |")
+                     f"| {t.memory_bound_seconds * per_unit:.2f} |")
     by_path: dict[tuple[str, str], list[float]] = {}
     for c in costs:
         key = (roofline.module_path(c.op_name, args.path_depth), c.category)
@@ -333,32 +362,42 @@ def cmd_roofline(args: argparse.Namespace) -> None:
         acc[0] += c.seconds(*ROOFLINE_DEVICES[names[0]])
         acc[1] += c.count * c.bytes
     top = sorted(by_path.items(), key=lambda kv: -kv[1][0])[: args.top]
-    paths = [f"| model path (blocks grouped) | kernels | {names[0]}: ms per member-step | GB moved per member |",
+    paths = [f"| model path (blocks grouped) | kernels | {names[0]}: ms per {unit} | GB moved per {unit} |",
              "|---|---|---|---|"]
-    paths += [f"| `{p}` | {cat} | {sec * per_member:.3f} | {nbytes / 1e9 / args.members:.2f} |"
+    paths += [f"| `{p}` | {cat} | {sec * per_unit:.3f} | {nbytes / 1e9 / units:.2f} |"
               for (p, cat), (sec, nbytes) in top]
     hlo_flops = totals[names[0]]["total"].flops
-    bound = {d: totals[d]["total"].seconds / args.members for d in names}
-    forecast = ", ".join(f"{d} {bound[d] * args.steps * args.forecast_members:.2f} s" for d in names)
+    bound = {d: totals[d]["total"].seconds / units for d in names}
+    if args.program == "forecast":
+        consequence = (f"; a {args.forecast_members}-member {args.steps}-step forecast therefore takes at least "
+                       + ", ".join(f"{d} {bound[d] * args.steps * args.forecast_members:.2f} s" for d in names) + ".")
+        flops_note = "equal to the compiled program's: nothing is recomputed in a forecast"
+    else:
+        ceiling = {d: model_flops / units / (bound[d] * peak) for d in names}
+        consequence = (". Run at the roofline, the step's MFU would be "
+                       + ", ".join(f"{d} {ceiling[d]:.0%}" for d in names)
+                       + ": the ceiling no implementation of this program passes (MFU counts model FLOPs; "
+                       "recomputation and memory-bound work are the gap).")
+        flops_note = ("the compiled program's exceed them by per-block remat's recomputation and the attention "
+                      "backward kernels' recomputed scores")
     body = (
-        f"Roofline of one forecast step of `{args.preset}` for {args.members} members (the jitted "
-        f"`EnsembleSampler.step`; {args.dtype} compute, attention `{args.attention_impl}`), compiled for the H100 "
-        f"without a GPU in {compile_s:.0f} s (`mosaic_jax/roofline.py`). Each kernel XLA launches is "
-        f"charged max(matrix FLOPs / peak, bytes / bandwidth); the sum is a lower bound on the step's time that no "
-        f"schedule can beat. Peaks: dense bf16 {ROOFLINE_DEVICES[names[0]][0] / 1e12:.0f} TFLOP/s; HBM "
+        f"Roofline of {what}, compiled for the H100 without a GPU in {compile_s:.0f} s (`mosaic_jax/roofline.py`). "
+        f"Each kernel XLA launches is charged max(matrix FLOPs / peak, bytes / bandwidth); the sum is a lower bound "
+        f"on the program's time that no schedule can beat. Peaks: dense bf16 {peak / 1e12:.0f} TFLOP/s; HBM "
         + ", ".join(f"{d} {ROOFLINE_DEVICES[d][1] / 1e12:.2f} TB/s" for d in names)
-        + f". The compiled program's matrix FLOPs (XLA fusions plus the Pallas kernels' own count) are "
-        f"{hlo_flops / 1e12:.1f} TFLOP against {counted / 1e12:.1f} TFLOP counted from the model's jaxpr "
-        f"(`member_step_flops` x {args.members}; ratio {hlo_flops / counted:.3f}).\n\n"
+        + f". Matrix FLOPs in the compiled program (XLA fusions plus the Pallas kernels' own count): "
+        f"{hlo_flops / 1e12:.1f} TFLOP; the model's, counted from its jaxpr: {model_flops / 1e12:.1f} TFLOP "
+        f"(ratio {hlo_flops / model_flops:.3f}; {flops_note}).\n\n"
         + "\n".join(table)
-        + "\n\nLower bound per member-step: "
+        + f"\n\nLower bound per {unit}: "
         + ", ".join(f"{d} {bound[d] * 1e3:.1f} ms" for d in names)
-        + f"; a {args.forecast_members}-member {args.steps}-step forecast therefore takes at least {forecast}. "
-        f"Where the time goes, by the model path in the ops' metadata (top {args.top}, {names[0]}):\n\n"
+        + consequence
+        + f" Where the time goes, by the model path in the ops' metadata (top {args.top}, {names[0]}):\n\n"
         + "\n".join(paths))
     print(body)
     if not args.no_record:
-        print("->", append_result("forecast", f"{args.preset} forecast step: roofline from the H100 compile",
+        result = "forecast" if args.program == "forecast" else "train"
+        print("->", append_result(result, f"{args.preset} {args.program} step: roofline from the H100 compile",
                                   body, device=_device_line(1)))
 
 
@@ -383,14 +422,18 @@ def main(argv=None) -> int:
     f.add_argument("--dtype", default="bfloat16")
     f.add_argument("--attention-impl", default="pallas", choices=["pallas", "pallas-fused", "xla"])
     f.add_argument("--devices", type=int, default=1, help="compile-only H100s the members are split over")
-    r = sub.add_parser("roofline", help="forecast-step roofline: what bounds its time on the H100")
+    r = sub.add_parser("roofline", help="forecast- or train-step roofline: what bounds its time on the H100")
+    r.add_argument("--program", default="forecast", choices=["forecast", "train"])
     r.add_argument("--preset", default="paper-era5")
-    r.add_argument("--members", type=int, default=24, help="members in the compiled pass (the forecast's chunk)")
+    r.add_argument("--members", type=int, default=24, help="forecast: members in the compiled pass (its chunk)")
+    r.add_argument("--batch", type=int, default=6, help="train: initial conditions per step")
     r.add_argument("--dtype", default="bfloat16")
-    r.add_argument("--attention-impl", default="pallas-fused", choices=["pallas", "pallas-fused"])
+    r.add_argument("--attention-impl", default=None, choices=["pallas", "pallas-fused"],
+                   help="default: pallas-fused for the forecast, pallas for training")
     r.add_argument("--steps", type=int, default=10, help="forecast length the bound is quoted for")
     r.add_argument("--forecast-members", type=int, default=24, help="ensemble size the bound is quoted for")
     r.add_argument("--path-depth", type=int, default=3, help="model-path components to group by")
+    r.add_argument("--save-hlo", type=Path, default=None, help="also write the optimized HLO text here")
     r.add_argument("--top", type=int, default=12)
     args = p.parse_args(argv)
     reason = deviceless.available()

@@ -263,11 +263,26 @@ def summarize(costs: Iterable[OpCost], peak_flops: float, bandwidth: float) -> d
     return {k: CategoryTotal(int(a[0]), a[1], a[2], a[3], a[4]) for k, a in acc.items()}
 
 
-def module_path(op_name: str, depth: int = 3) -> str:
-    """The model path an op came from, from its ``op_name`` metadata: ``jit(step)/Mosaic/encoder_stages_0/
-    blocks_1/ffn/mul`` -> ``encoder_stages_0/blocks_1/ffn`` at depth 3, with numbered parts of the
-    path collapsed (``blocks_*``) so that repeated blocks group together."""
-    parts = [p for p in op_name.split("/") if p and not p.startswith(("jit(", "pjit(")) and p != "Mosaic"]
-    parts = [re.sub(r"_\d+$", "_*", p) for p in parts[:-1]] or ["(unnamed)"]
-    return "/".join(parts[:depth])
+# Path components that name a transformation or a control-flow wrapper, not a model module.
+_WRAPPERS = frozenset({"while", "body", "cond", "eval_jaxpr", "Mosaic", "checkpoint", "remat", "rematted_computation",
+                       "closed_call", "core_call"})
 
+
+def module_path(op_name: str, depth: int = 3) -> str:
+    """The model path an op came from, from its ``op_name`` metadata.
+
+    ``jit(step)/Mosaic/encoder_stages_0/blocks_1/ffn/mul`` -> ``encoder_stages_*/blocks_*/ffn`` at
+    depth 3: transformations (``jit(...)``, ``jvp()``), loop wrappers and the primitive are
+    dropped, numbered parts collapse (``blocks_*``) so repeated blocks group together, and a
+    scope repeated by rematerialisation counts once. Ops of
+    a gradient's backward pass (under ``transpose(...)``) are prefixed ``backward: ``; ops outside
+    any module (loss, optimizer) are ``(no module)``.
+    """
+    parts = op_name.split("/")
+    phase = "backward: " if any(p.startswith("transpose(") for p in parts) else ""
+    kept: list[str] = []
+    for p in parts[:-1]:
+        p = re.sub(r"_\d+$", "_*", p)
+        if p and "(" not in p and p not in _WRAPPERS and (not kept or kept[-1] != p):  # remat repeats a scope
+            kept.append(p)
+    return phase + ("/".join(kept[:depth]) or "(no module)")

@@ -79,6 +79,10 @@ def test_module_path_groups_repeated_blocks():
     path = roofline.module_path("jit(step)/Mosaic/encoder_stages_0/blocks_1/ffn/w13/dot_general")
     assert path == "encoder_stages_*/blocks_*/ffn"
     assert roofline.module_path("jit(step)/Mosaic/interp_to_hp/gather", depth=3) == "interp_to_hp"
+    backward = ("jit(train_step)/transpose(jvp())/while/body/eval_jaxpr/Mosaic/encoder_stages_0/encoder_stages_0/"
+                "blocks_1/ffn/mul")
+    assert roofline.module_path(backward) == "backward: encoder_stages_*/blocks_*/ffn"
+    assert roofline.module_path("jit(train_step)/jit(tree_bias_correction)/div") == "(no module)"
 
 
 @pytest.mark.parametrize("gqa", [1, 4])
