@@ -217,9 +217,10 @@ class Interpolation(nn.Module):
         idx, rel = jnp.asarray(idx_np), jnp.asarray(rel_np)
         b, n_src, _ = x.shape
         h, dh = self.num_heads, self.dim // self.num_heads
-        kv = self.to_kv(rms_norm(x, self.dtype))
-        k = kv[..., : self.dim].reshape(b, n_src, h, dh).astype(jnp.float32)
-        v = kv[..., self.dim:].reshape(b, n_src, h, dh)
+        # k and v from the halves of to_kv's weight, not a split of one product (see CSwiGLU)
+        xn, w_kv = rms_norm(x, self.dtype), self.to_kv.kernel.astype(self.dtype)
+        k = jnp.dot(xn, w_kv[:, : self.dim]).reshape(b, n_src, h, dh).astype(jnp.float32)
+        v = jnp.dot(xn, w_kv[:, self.dim:]).reshape(b, n_src, h, dh)
         wq = self.to_q.kernel.astype(jnp.float32).reshape(3, h, dh)
         key_dirs = jnp.einsum("bshd,chd->bshc", k, wq)  # (B, N_src, H, 3)
         scores = jnp.einsum("tnc,btnhc->btnh", rel, key_dirs[:, idx]) * dh**-0.5
