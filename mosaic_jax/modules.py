@@ -130,19 +130,19 @@ class CSwiGLU(nn.Module):
 
     def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
         bias = self.noise_bias(z)  # (B, hidden)
+        x, w13 = x.astype(self.dtype), self.w13.kernel.astype(self.dtype)
         if self.fused:
             from pallas_kernels.gated_mlp import gated_up_projection  # GPU-only code, imported lazily
 
             h = per_device(lambda x, bias, w13: gated_up_projection(x, w13, bias), self.batch_sharding,
-                           (x.astype(self.dtype), bias), (self.w13.kernel.astype(self.dtype),))
-            return self.w2(h)
-        # Two products from the halves of w13 rather than one split afterwards: the gradient of
-        # a split activation is two zero-padded (tokens, 2*hidden) buffers added together, the
-        # gradient of a split weight is only weight-sized (train-step roofline, train.md).
-        w13 = self.w13.kernel.astype(self.dtype)
-        x = x.astype(self.dtype)
-        a, b = jnp.dot(x, w13[:, : self.hidden]), jnp.dot(x, w13[:, self.hidden:])
-        return self.w2(nn.silu(a + bias[:, None, :]) * b)
+                           (x, bias), (w13,))
+        else:
+            # Two products from the halves of w13 rather than one split afterwards: the gradient
+            # of a split activation is two zero-padded (tokens, 2*hidden) buffers added together,
+            # the gradient of a split weight is only weight-sized (train-step roofline, train.md).
+            a, b = jnp.dot(x, w13[:, : self.hidden]), jnp.dot(x, w13[:, self.hidden:])
+            h = nn.silu(a + bias[:, None, :]) * b
+        return self.w2(h)
 
 
 class TransformerBlock(nn.Module):

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.gated_mlp import (
     GatedMlpConfig,
@@ -22,19 +21,7 @@ from pallas_kernels.gated_mlp import (
     gated_up_projection_forward,
     gated_up_projection_reference,
 )
-
-TOL_16BIT = 2e-2
-
-
-def interpret():
-    return plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True))
-
-
-def rel_l2(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    assert np.isfinite(x).all(), "non-finite values (unwritten output?)"
-    return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
-
+from pallas_kernels.testing import TOL_16BIT, interpret, rel_l2
 
 def inputs(seed, b, n, d, hidden, dtype):
     ks = jax.random.split(jax.random.key(seed), 4)

@@ -14,26 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call as gpu_interpret
-from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from mosaic_jax.attention import reference
 from pallas_kernels import mosaic_attention as kernels
 from pallas_kernels.mosaic_attention import flops, fused_kernel
 from pallas_kernels.mosaic_attention.config import SelectionConfig
 from pallas_kernels.mosaic_attention.selection_kernel import invert_selection, selection_forward
-
-TOL_16BIT = 2e-2
-
-
-def interpret():
-    return plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams(detect_races=True))
-
-
-def rel_l2(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    assert np.isfinite(x).all(), "non-finite values (unwritten output?)"
-    return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
-
+from pallas_kernels.testing import TOL_16BIT, interpret, rel_l2
 
 def f32(x):
     return x.astype(jnp.float32)
