@@ -7,6 +7,7 @@ Modules are functional (``init``/``apply``, no mutable state); geometry comes fr
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mosaic_jax import grids
+from mosaic_jax.neighbours import TransposePlan, gather_neighbours, transpose_plan, weighted_neighbour_sum
 from mosaic_jax.attention import BatchSharding, mosaic_attention, per_device
 from mosaic_jax.config import AttentionConfig
 
@@ -188,13 +190,21 @@ class BlockStack(nn.Module):
         return x
 
 
+@functools.cache
+def interpolation_plan(n_lon: int, n_lat: int, nside: int, k: int, to_healpix: bool) -> TransposePlan:
+    """The neighbour table of one interpolation with its transpose, built once per geometry."""
+    idx, _ = grids.interpolation_geometry(n_lon, n_lat, nside, k, to_healpix)
+    return transpose_plan(idx, n_lon * n_lat if to_healpix else 12 * nside**2)
+
+
 class Interpolation(nn.Module):
     """k-nearest-neighbour cross-attention from one point set to another.
 
     Queries are the learned embedding of each neighbour's direction ``rel`` (3-vector), so
     ``q.k = rel . (W_q^T k)``: the 3-vector ``W_q^T k`` is formed once per source point
     and gathered, instead of a (targets, k, dim) query tensor. The values are summed one
-    neighbour slot at a time, so memory stays O(targets * dim).
+    neighbour slot at a time, so memory stays O(targets * dim). Both gathers differentiate
+    into gathers over the table's transpose (``neighbours``): no scatter-add, deterministic.
     """
 
     dim: int
@@ -212,10 +222,12 @@ class Interpolation(nn.Module):
         self.to_o = Linear(self.dim, self.dim, small=True, dtype=self.dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        idx_np, rel_np = grids.interpolation_geometry(self.n_lon, self.n_lat, self.nside, self.k_neighbors,
-                                                      self.to_healpix)
-        idx, rel = jnp.asarray(idx_np), jnp.asarray(rel_np)
+        geometry = (self.n_lon, self.n_lat, self.nside, self.k_neighbors, self.to_healpix)
+        rel = jnp.asarray(grids.interpolation_geometry(*geometry)[1])
+        plan = interpolation_plan(*geometry)
         b, n_src, _ = x.shape
+        if n_src != plan.num_sources:
+            raise ValueError(f"interpolation expects {plan.num_sources} source points, got {n_src}")
         h, dh = self.num_heads, self.dim // self.num_heads
         # k and v from the halves of to_kv's weight, not a split of one product (see CSwiGLU)
         xn, w_kv = rms_norm(x, self.dtype), self.to_kv.kernel.astype(self.dtype)
@@ -223,12 +235,10 @@ class Interpolation(nn.Module):
         v = jnp.dot(xn, w_kv[:, self.dim:]).reshape(b, n_src, h, dh)
         wq = self.to_q.kernel.astype(jnp.float32).reshape(3, h, dh)
         key_dirs = jnp.einsum("bshd,chd->bshc", k, wq)  # (B, N_src, H, 3)
-        scores = jnp.einsum("tnc,btnhc->btnh", rel, key_dirs[:, idx]) * dh**-0.5
+        scores = jnp.einsum("tnc,btnhc->btnh", rel, gather_neighbours(key_dirs, plan)) * dh**-0.5
         weights = jax.nn.softmax(scores, axis=2)  # over the k neighbours, float32
-        out = jnp.zeros((b, idx.shape[0], h, dh), jnp.float32)
-        for j in range(self.k_neighbors):
-            out = out + weights[:, :, j, :, None] * v[:, idx[:, j]].astype(jnp.float32)
-        return self.to_o(out.astype(self.dtype).reshape(b, idx.shape[0], self.dim))
+        out = weighted_neighbour_sum(weights, v, plan)  # (B, N_target, H, dh) float32
+        return self.to_o(out.astype(self.dtype).reshape(b, -1, self.dim))
 
 
 class Downsample(nn.Module):

@@ -39,6 +39,7 @@ step 240 experiments/bench_attention.py --skip-scaling --iters 10
 step 100 experiments/bench_forecast.py --preset paper-era5 --members 24 --steps 10
 step 200 experiments/bench_train.py throughput --preset paper-era5 --batch-sizes 1 6 --steps 3
 step 60 experiments/bench_gated_mlp.py --iters 10
+step 60 experiments/bench_interpolation.py --iters 10
 step 100 experiments/bench_forecast.py --preset paper-era5 --members 24 --steps 10 --attention-impl pallas-fused
 step 120 experiments/bench_forecast.py --preset paper-hres --members 24 --steps 40 --repeats 1
 echo "=== done at $(($(date +%s) - start)) s"
