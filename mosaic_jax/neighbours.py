@@ -5,17 +5,19 @@ source array. Autodiff turns each such gather into a scatter-add into the source
 per interpolation. On a GPU a scatter-add with repeated indices is done with atomics: its
 result depends on the order the threads land in (so a training step is not reproducible
 without ``--xla_gpu_deterministic_ops``), and the k partial gradients are written out and
-added one by one (the interpolations' backward was ~8 ms per initial condition of the
-paper-era5 train step's roofline, against ~0.7 ms for their forward).
+added one by one. Autodiff's k per-slot weight gradients also re-read the output's cotangent
+once each. In the paper-era5 train step's roofline the interpolations' backward was 13.2 ms
+per initial condition, against 1.4 ms for their forward.
 
 The table is fixed geometry, so its transpose is known ahead of time: for each source row,
 the (target, slot) pairs that read it. ``TransposePlan`` lays those pairs out as dense rows of
 ``width`` columns, and the backward sums them with gathers: every source gradient is the sum
 of its own pairs in a fixed order, computed in one pass, with no atomics. Sources read by more
 than ``width`` pairs (the HEALPix pixels near the poles, which the lat-lon grid oversamples)
-continue on overflow rows that a second, small gather adds back. In the train step's roofline
-the interpolations' backward went from 8.4 to 1.5 ms per initial condition and the step holds
-no scatter; on a CPU their gradients take 0.42-0.48x the time (experiments/results/interpolation.md).
+continue on overflow rows that a second, small gather adds back. The weight gradient is one
+reduction over all k slots, fused with its gather. The interpolations' backward is now 3.0 ms
+and the step holds no scatter (experiments/results/train.md); CPU timings in
+experiments/results/interpolation.md.
 """
 
 from __future__ import annotations
@@ -179,8 +181,9 @@ def _wsum_bwd(plan, residuals, cot):
     weights, values = residuals
     b, t, k, h = weights.shape
     cot = cot.astype(jnp.float32)
-    d_weights = jnp.stack([jnp.sum(cot * values[:, plan.neighbours[:, j]].astype(jnp.float32), axis=-1)
-                           for j in range(k)], axis=2)
+    # one reduction over all k slots, which XLA fuses with the gather (no (B, T, k, H, D) buffer):
+    # cot is read once, not once per slot as in autodiff's per-slot reductions
+    d_weights = jnp.sum(cot[:, :, None] * values[:, plan.neighbours].astype(jnp.float32), axis=-1)
     flat_weights = _with_zero_row(weights.reshape(b, t * k, h).astype(jnp.float32))
     last_pair = plan.num_pairs - 1
 

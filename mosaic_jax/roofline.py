@@ -193,6 +193,13 @@ class _Costing:
                 read[index] = min(read[index], sum(shape_bytes(u.shape) for u in uses))
         return sum(read) + shape_bytes(ins.shape)
 
+    def op_name(self, ins: Instruction) -> str:
+        """``ins``'s op_name; for a fusion whose root has none (XLA drops it on ops it rewrites,
+        such as a reduction of a product), the name of the fused op nearest its root."""
+        if ins.op_name or ins.opcode != "fusion" or not ins.called:
+            return ins.op_name
+        return next((i.op_name for i in reversed(self.computations.get(ins.called[0], [])) if i.op_name), "")
+
     def costs(self, computation: str, count: int = 1) -> list[OpCost]:
         out: list[OpCost] = []
         for ins in self.computations[computation]:
@@ -226,7 +233,7 @@ class _Costing:
                 category = ("collective" if ins.opcode.startswith(("all-", "reduce-scatter", "collective-"))
                             else "matmul" if flops else "memory")
                 nbytes = sum(shape_bytes(self.shapes[o]) for o in ins.operands) + shape_bytes(ins.shape)
-            out.append(OpCost(ins.name, ins.opcode, category, ins.op_name, ins.shape.split("{")[0], flops, nbytes,
+            out.append(OpCost(ins.name, ins.opcode, category, self.op_name(ins), ins.shape.split("{")[0], flops, nbytes,
                               count))
         return out
 

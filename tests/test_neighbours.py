@@ -147,3 +147,26 @@ def test_interpolation_rejects_wrong_source_count():
     mod = modules.Interpolation(16, 4, 16, 9, 2, 5, True)
     with pytest.raises(ValueError, match="144 source points, got 48"):
         mod.init(jax.random.key(0), jnp.zeros((1, 48, 16)))
+
+
+def test_weighted_sum_gradient_holds_no_per_pair_value_tensor_on_the_h100():
+    """The backward's weight gradient reduces over the head dim in one fusion with the gather:
+    compiled for the H100, the program's buffers stay far below one (B, T, k, H, D) float32 tensor."""
+    from mosaic_jax import deviceless
+
+    if deviceless.available() is not None:
+        pytest.skip(f"no deviceless H100 compiler: {deviceless.available()}")
+    idx = grids.interpolation_geometry(48, 25, 8, 24, True)[0]  # (768 targets, 24)
+    plan = neighbours.transpose_plan(idx, 48 * 25)
+    b, (t, k), h, d = 4, idx.shape, 8, 64
+    sharding = jax.sharding.SingleDeviceSharding(deviceless.compile_only_devices(1)[0])
+    w = jax.ShapeDtypeStruct((b, t, k, h), jnp.float32, sharding=sharding)
+    v = jax.ShapeDtypeStruct((b, plan.num_sources, h, d), jnp.bfloat16, sharding=sharding)
+    cot = jax.ShapeDtypeStruct((b, t, h, d), jnp.float32, sharding=sharding)
+
+    def loss(w, v, cot):
+        return jnp.sum(neighbours.weighted_neighbour_sum(w, v, plan) * cot)
+
+    compiled = jax.jit(jax.grad(loss, (0, 1))).lower(w, v, cot).compile()
+    per_pair_values = b * t * k * h * d * 4
+    assert compiled.memory_analysis().temp_size_in_bytes < per_pair_values / 4

@@ -130,3 +130,33 @@ def test_compiled_h100_forecast_step_holds_the_models_flops():
     assert any(c.count > 1 for c in costs)  # the selected branch's loop, counted per iteration
     hlo_flops, jaxpr_flops = sum(c.count * c.flops for c in costs), member_step_flops(cfg)
     assert 0.995 * jaxpr_flops <= hlo_flops <= jaxpr_flops
+
+
+def test_fusion_without_op_name_is_attributed_to_its_fused_ops():
+    # XLA drops the op_name of ops it rewrites (here the fusion and its root reduce); the cost must
+    # still land on the module whose ops were fused, not on "(no module)".
+    hlo = """HloModule m
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(%a, %b)
+}
+
+%fused_reduce (p0: f32[8,4], p1: f32[8,4]) -> f32[8] {
+  %p0 = f32[8,4]{1,0} parameter(0)
+  %p1 = f32[8,4]{1,0} parameter(1)
+  %m = f32[8,4]{1,0} multiply(%p0, %p1), metadata={op_name="jit(f)/transpose(jvp())/Mosaic/interp_to_ll/mul"}
+  %z = f32[] constant(0)
+  ROOT %r = f32[8]{0} reduce(%m, %z), dimensions={1}, to_apply=%add
+}
+
+ENTRY %main (x: f32[8,4], y: f32[8,4]) -> f32[8] {
+  %x = f32[8,4]{1,0} parameter(0)
+  %y = f32[8,4]{1,0} parameter(1)
+  ROOT %f = f32[8]{0} fusion(%x, %y), kind=kInput, calls=%fused_reduce, metadata={scheduling_name="f"}
+}
+"""
+    (cost,) = roofline.op_costs(hlo)
+    assert roofline.module_path(cost.op_name) == "backward: interp_to_ll"
+    assert cost.bytes == (2 * 8 * 4 + 8) * 4
