@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_attention import _rel_l2, best_ms, time_fn  # noqa: E402
 from common import append_result  # noqa: E402
 
 from mosaic_jax import config, modules, neighbours  # noqa: E402
@@ -39,21 +38,6 @@ def ops(impl: str, plan: neighbours.TransposePlan):
                                  neighbours.weighted_neighbour_sum(w, v, plan))
     return lambda kd, w, v: (kd[:, plan.neighbours],
                              neighbours.weighted_neighbour_sum_reference(w, v, plan.neighbours))
-
-
-def median_ms(fn, args, iters: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
-
-
-def rel_l2(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
 
 
 def bench_direction(cfg, to_healpix: bool, members: int, dtype, iters: int) -> dict:
@@ -80,13 +64,13 @@ def bench_direction(cfg, to_healpix: bool, members: int, dtype, iters: int) -> d
             g, out = fn(kd, w, v)
             return jnp.sum(g * cot_keys) + jnp.sum(out * cot_out)
 
-        row[f"{impl} fwd ms"] = median_ms(jax.jit(fn), args, iters)
+        row[f"{impl} fwd ms"] = best_ms(time_fn(jax.jit(fn), [args], iters))
         grad = jax.jit(jax.value_and_grad(loss, (0, 1, 2)))  # cotangents as arguments, not constants
-        row[f"{impl} fwd+bwd ms"] = median_ms(grad, args + cots, iters)
+        row[f"{impl} fwd+bwd ms"] = best_ms(time_fn(grad, [args + cots], iters))
         print(f"  {row['direction']} {impl}: fwd {row[f'{impl} fwd ms']:.3g} ms, "
               f"fwd+bwd {row[f'{impl} fwd+bwd ms']:.3g} ms", flush=True)
         grads[impl] = grad(*args, *cots)[1]
-    row["max rel L2 (grads)"] = max(rel_l2(a, b) for a, b in zip(grads["plan"], grads["autodiff"]))
+    row["max rel L2 (grads)"] = max(_rel_l2(a, b) for a, b in zip(grads["plan"], grads["autodiff"]))
     return row
 
 
@@ -109,7 +93,8 @@ def main() -> None:
                       + ["| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols)
                          + " |" for r in rows])
     body = (f"`{args.preset}` interpolation gathers, {members} member-forecasts, values in {dtype.name}, "
-            f"median wall ms of {args.iters} runs after compilation. `autodiff`: k gathers whose gradients "
+            f"median ms of {args.iters} runs after compilation (device time where CUPTI measures it, else "
+            f"wall). `autodiff`: k gathers whose gradients "
             f"are scatter-adds (the model before `mosaic_jax/neighbours.py`); `plan`: the same gathers "
             f"differentiated into gathers over the table's transpose (the model now). fwd+bwd: value and "
             f"gradients of both ops for random cotangents.\n\n{table}")
