@@ -1,16 +1,22 @@
-"""The cSwiGLU up-projection on the GPU: the Pallas kernel (gate in the GEMM epilogue) against XLA.
+"""The cSwiGLU gate's kernels on the GPU against XLA: the up-projection and the gate's backward.
 
-XLA runs ``silu(x @ W1 + bias) * (x @ W3)`` as a GEMM writing the (N, 2*hidden) product and an
-elementwise pass over it; ``pallas_kernels/gated_mlp`` writes only the (N, hidden) result. The
-forecast step's roofline (forecast.md) charges both at the tensor cores' peak; this measures
-whether the Pallas GEMM gets there. It decides whether ``--attention-impl pallas-fused`` keeps
-the kernel.
+Forward: XLA runs ``silu(x @ W1 + bias) * (x @ W3)`` as GEMMs writing the two (N, hidden)
+products and an elementwise pass over them; ``gated_up_projection`` writes only the result.
+The forecast step's roofline (forecast.md) charges both at the tensor cores' peak; this
+measures whether the Pallas GEMM gets there. It decides whether ``--attention-impl
+pallas-fused`` keeps the kernel.
+
+Backward: given a, b, the cotangent dh and the bias, the train step needs h again, da, db and
+the bias's gradient. XLA's autodiff form moves ten (N, hidden) activations for them, the
+``gate_backward`` kernel six; the train roofline (train.md) charges both at HBM bandwidth.
+This measures the bandwidth each reaches.
 
     python experiments/bench_gated_mlp.py                     # H100: the model's three levels, 24 members
     python experiments/bench_gated_mlp.py --interpret-smoke   # CPU: every code path once, tiny shapes
 
-Per level: median device ms (CUPTI, else wall) of each path, TFLOP/s against the bf16 matmul
-rate measured in the same run, and each path's relative L2 error against the float32 product.
+Per level: median device ms (CUPTI, else wall) of each path; forward TFLOP/s against the bf16
+matmul rate measured in the same run, backward GB/s of the activations each path must move at
+least (the kernel's six passes) against HBM's; relative L2 errors against float32.
 Appends a section to ``experiments/results/gated_mlp.md``.
 """
 
@@ -30,7 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_attention import TOL_BF16, _rel_l2, best_ms, matmul_rate, time_fn, tflops  # noqa: E402
 from common import append_result  # noqa: E402
 
-from pallas_kernels.gated_mlp import gated_up_projection_forward, launch_flops  # noqa: E402
+from pallas_kernels.gated_mlp import (  # noqa: E402
+    gate_backward,
+    gate_backward_reference,
+    gated_up_projection_forward,
+    launch_flops,
+)
 
 # (level, tokens, dim): the published model's three levels; hidden = 4 * dim (mlp_ratio 4)
 LEVELS = [("stage 1 (nside 64)", 49_152, 768), ("stage 2 (nside 32)", 12_288, 1024),
@@ -39,10 +50,19 @@ TINY_LEVELS = [("tiny", 256, 128)]
 
 
 def xla_path(x, w13, bias):
-    """The model's cSwiGLU up-projection as XLA runs it (modules.CSwiGLU, bf16 compute)."""
+    """The model's cSwiGLU up-projection as XLA runs it (mosaic_jax.cswiglu, bf16 compute)."""
     hidden = w13.shape[1] // 2
-    ab = jnp.dot(x, w13)
-    return nn.silu(ab[..., :hidden] + bias.astype(x.dtype)[:, None, :]) * ab[..., hidden:]
+    a, b = jnp.dot(x, w13[:, :hidden]), jnp.dot(x, w13[:, hidden:])
+    return nn.silu(a + bias.astype(x.dtype)[:, None, :]) * b
+
+
+def xla_gate_backward(a, b, dh, bias):
+    """What autodiff runs for the gate in the remat'd train step: h again, then its VJP."""
+    h, vjp = jax.vjp(lambda a, b, bias: nn.silu(a + bias[:, None, :]) * b, a, b, bias.astype(a.dtype))
+    return (h, *vjp(dh))
+
+
+HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12}
 
 
 def float32_product(x, w13, bias):
@@ -51,7 +71,7 @@ def float32_product(x, w13, bias):
     return nn.silu(ab[..., :hidden] + bias[:, None, :]) * ab[..., hidden:]
 
 
-def bench_level(name: str, tokens: int, dim: int, members: int, iters: int) -> dict:
+def bench_level(name: str, tokens: int, dim: int, members: int, iters: int, backward_sequences: int) -> dict:
     hidden = 4 * dim
     ks = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(ks[0], (members, tokens, dim), jnp.bfloat16)
@@ -68,6 +88,21 @@ def bench_level(name: str, tokens: int, dim: int, members: int, iters: int) -> d
         except Exception as e:  # a kernel that fails is a result
             row[label] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
         print(name, label, row[label], flush=True)
+    if backward_sequences:
+        ks = jax.random.split(jax.random.key(1), 4)
+        a, b, dh = (jax.random.normal(k, (backward_sequences, tokens, hidden), jnp.bfloat16) for k in ks[:3])
+        bias = jax.random.normal(ks[3], (backward_sequences, hidden), jnp.float32)
+        row["sequences"] = backward_sequences
+        want = jax.jit(gate_backward_reference)(a, b, dh, bias)
+        row["min_gb"] = 6 * a.size * a.dtype.itemsize / 1e9  # read a, b, dh; write h, da, db
+        for label, fn in (("xla", jax.jit(xla_gate_backward)), ("pallas", jax.jit(gate_backward))):
+            try:
+                err = max(_rel_l2(g, w) for g, w in zip(fn(a, b, dh, bias), want))
+                t = time_fn(fn, [(a, b, dh, bias)], iters)
+                row[f"bwd_{label}"] = {"ms": best_ms(t), "gbps": row["min_gb"] / (best_ms(t) * 1e-3), "rel_l2": err}
+            except Exception as e:  # a kernel that fails is a result
+                row[f"bwd_{label}"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+            print(name, "backward", label, row[f"bwd_{label}"], flush=True)
     return row
 
 
@@ -87,15 +122,37 @@ def render(rows: list[dict], matmul: dict | None) -> str:
             lines.append(f"| {r['level']} | {shape} | {r['gflop']:.0f} | {path} | {c['ms']:.3f} | {c['tflops']:.0f} "
                          f"| {share} | {c['rel_l2']:.1e}{ok} |")
     head = (f"bf16 matmul rate measured in the same run (8192^3): {peak:.0f} TFLOP/s. " if peak else "")
-    return (head + "FLOPs: both products, 2 x tokens x dim x 2*hidden per member. 'xla' is the model's "
+    text = (head + "FLOPs: both products, 2 x tokens x dim x 2*hidden per member. 'xla' is the model's "
             "path without the kernel (GEMM, then the gate as an elementwise pass); 'pallas' the kernel.\n\n"
             + "\n".join(lines))
+    rows = [r for r in rows if "sequences" in r]
+    if not rows:
+        return text
+    hbm = next((v for k, v in HBM_BYTES_PER_S.items() if k in jax.devices()[0].device_kind), None)
+    lines = ["| level | sequences x tokens x hidden | GB (six passes) | path | ms | GB/s | of HBM | max rel L2 vs float32 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for path in ("xla", "pallas"):
+            c = r[f"bwd_{path}"]
+            shape = f"{r['sequences']} x {r['tokens']:,} x {r['hidden']}"
+            if "error" in c:
+                lines.append(f"| {r['level']} | {shape} | {r['min_gb']:.1f} | {path} | fails: {c['error']} | | | |")
+                continue
+            share = f"{c['gbps'] * 1e9 / hbm:.0%}" if hbm else "-"
+            ok = "" if c["rel_l2"] <= TOL_BF16 else " (over the 2e-2 bound)"
+            lines.append(f"| {r['level']} | {shape} | {r['min_gb']:.1f} | {path} | {c['ms']:.3f} | {c['gbps']:.0f} "
+                         f"| {share} | {c['rel_l2']:.1e}{ok} |")
+    return (text + "\n\nThe gate's backward (h again, da, db, the bias's gradient from a, b, dh): GB/s counts "
+            "the six activation passes the kernel needs at least, for both paths (XLA's form moves ten); "
+            "'of HBM' against the device's peak bandwidth.\n\n" + "\n".join(lines))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", type=int, default=24)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--backward-sequences", type=int, default=12,
+                   help="sequences in the gate-backward timing (the train step's 6 initial conditions x 2 members); 0 skips it")
     p.add_argument("--interpret-smoke", action="store_true",
                    help="CPU check of every code path on a tiny shape in GPU interpret mode; writes nothing")
     args = p.parse_args(argv)
@@ -103,9 +160,10 @@ def main(argv=None) -> int:
         from jax.experimental.pallas import mosaic_gpu as plgpu
 
         with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
-            rows = [bench_level(*level, members=2, iters=1) for level in TINY_LEVELS]
+            rows = [bench_level(*level, members=2, iters=1, backward_sequences=2) for level in TINY_LEVELS]
         print(render(rows, None))
-        bad = [r for r in rows for path in ("xla", "pallas") if "error" in r[path] or r[path]["rel_l2"] > TOL_BF16]
+        bad = [r for r in rows for path in ("xla", "pallas", "bwd_xla", "bwd_pallas")
+               if "error" in r[path] or r[path]["rel_l2"] > TOL_BF16]
         print("interpret smoke:", "FAILED" if bad else "ok (timings on CPU are meaningless)")
         return 1 if bad else 0
     dev = jax.devices()[0]
@@ -115,10 +173,12 @@ def main(argv=None) -> int:
     matmul = matmul_rate(args.iters)
     rows = []
     for level in LEVELS:
-        rows.append(bench_level(*level, members=args.members, iters=args.iters))
+        rows.append(bench_level(*level, members=args.members, iters=args.iters,
+                                backward_sequences=args.backward_sequences))
     body = render(rows, matmul)
     print(body)
-    print("->", append_result("gated_mlp", f"cSwiGLU up-projection, {args.members} members: kernel vs XLA", body))
+    print("->", append_result("gated_mlp", f"cSwiGLU gate kernels vs XLA: up-projection ({args.members} members), "
+                                           f"backward ({args.backward_sequences} sequences)", body))
     return 0
 
 

@@ -297,6 +297,8 @@ def _pallas_kernel_flops(ins, operand_shapes: list[str]) -> float:
     dims = [roofline.shape_dims(s)[0][1] for s in operand_shapes]
     if "/mosaic_gated_up_projection/" in ins.op_name:
         return gated_mlp.launch_flops(dims)
+    if "/mosaic_gate_backward/" in ins.op_name:
+        return 0.0  # elementwise: no matrix work
     kernel = next((k for k in KERNEL_MATMULS if f"/{k}/" in ins.op_name), None)
     if kernel is None:
         raise ValueError(f"custom call {ins.name} ({ins.op_name}) is not one of this project's Pallas kernels")

@@ -30,10 +30,11 @@ class Mosaic(nn.Module):
     Attributes:
       cfg: architecture and data contract.
       dtype: compute dtype (parameters stay float32).
-      attention_impl: ``"auto" | "xla" | "pallas" | "pallas-fused"`` (see ``mosaic_jax.attention``).
+      attention_impl: ``"auto" | "xla" | "pallas" | "pallas-fused"`` (see ``mosaic_jax.attention``);
+        also picks the cSwiGLU's kernels (``modules.CSwiGLU``).
       remat: rematerialise each transformer block in the backward pass.
       batch_sharding: inside a sharded jit, the mesh axes that split the batch; the Pallas
-        attention kernels then run per device (``mosaic_jax.attention.api``).
+        kernels then run per device (``mosaic_jax.attention.api.per_device``).
     """
 
     cfg: ModelConfig

@@ -17,8 +17,9 @@ import numpy as np
 
 from mosaic_jax import grids
 from mosaic_jax.neighbours import TransposePlan, gather_neighbours, transpose_plan, weighted_neighbour_sum
-from mosaic_jax.attention import BatchSharding, mosaic_attention, per_device
-from mosaic_jax.config import AttentionConfig
+from mosaic_jax.attention import BatchSharding, default_impl, mosaic_attention, per_device
+from mosaic_jax.config import ATTENTION_IMPLS, AttentionConfig
+from mosaic_jax.cswiglu import GateKernels, cswiglu, cswiglu_reference
 
 Dtype = Any
 
@@ -113,16 +114,19 @@ class MosaicAttention(nn.Module):
 class CSwiGLU(nn.Module):
     """SwiGLU whose gate is shifted by a per-member noise bias: the source of ensemble spread.
 
-    ``fused``: the up-projection and its gate as one Pallas kernel (pallas_kernels/gated_mlp),
-    which never writes the (tokens, 2*hidden) product to memory; used for inference with
-    ``attention_impl="pallas-fused"``, and differentiated through its XLA composition.
+    ``impl`` follows the attention's (``mosaic_jax.attention``): ``"xla"`` is autodiff's form;
+    ``"pallas"`` runs the gate's backward as one Pallas kernel (``mosaic_jax.cswiglu``);
+    ``"pallas-fused"`` also runs the up-projection and its gate as one kernel where the call
+    is not differentiated (inference), never writing the (tokens, 2*hidden) product;
+    ``"auto"`` is ``"pallas"`` on an H100-class GPU where the kernels take the shapes and dtype,
+    ``"xla"`` elsewhere.
     """
 
     dim: int
     hidden: int
     noise_dim: int
     dtype: Dtype = jnp.float32
-    fused: bool = False
+    impl: str = "xla"
     batch_sharding: BatchSharding | None = None
 
     def setup(self) -> None:
@@ -132,19 +136,37 @@ class CSwiGLU(nn.Module):
 
     def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
         bias = self.noise_bias(z)  # (B, hidden)
-        x, w13 = x.astype(self.dtype), self.w13.kernel.astype(self.dtype)
-        if self.fused:
-            from pallas_kernels.gated_mlp import gated_up_projection  # GPU-only code, imported lazily
+        x, w13, w2 = (a.astype(self.dtype) for a in (x, self.w13.kernel, self.w2.kernel))
+        kernels = self._kernels(x, bias)
+        if kernels is None:
+            return cswiglu_reference(x, w13, w2, bias)
+        return cswiglu(x, w13, w2, bias, kernels)
 
-            h = per_device(lambda x, bias, w13: gated_up_projection(x, w13, bias), self.batch_sharding,
-                           (x, bias), (w13,))
-        else:
-            # Two products from the halves of w13 rather than one split afterwards: the gradient
-            # of a split activation is two zero-padded (tokens, 2*hidden) buffers added together,
-            # the gradient of a split weight is only weight-sized (train-step roofline, train.md).
-            a, b = jnp.dot(x, w13[:, : self.hidden]), jnp.dot(x, w13[:, self.hidden:])
-            h = nn.silu(a + bias[:, None, :]) * b
-        return self.w2(h)
+    def _kernels(self, x: jax.Array, bias: jax.Array) -> GateKernels | None:
+        impl = default_impl() if self.impl == "auto" else self.impl
+        if impl == "xla":
+            return None
+        if impl not in ("pallas", "pallas-fused"):
+            raise ValueError(f"impl must be one of {ATTENTION_IMPLS}, got {self.impl!r}")
+        from pallas_kernels import gated_mlp  # GPU-only code, imported lazily
+
+        gate_shape = jax.ShapeDtypeStruct((*x.shape[:2], self.hidden), x.dtype)
+        try:
+            gated_mlp.check_backward_shapes(gate_shape, gate_shape, gate_shape, bias)
+        except ValueError:
+            if self.impl == "auto":
+                return None
+            raise
+        sharding = self.batch_sharding
+
+        def gate_backward(a, b, dh, bias):
+            return per_device(gated_mlp.gate_backward, sharding, (a, b, dh, bias))
+
+        def up_projection(x, w13, bias):
+            return per_device(lambda x, bias, w13: gated_mlp.gated_up_projection(x, w13, bias), sharding,
+                              (x, bias), (w13,))
+
+        return GateKernels(gate_backward, up_projection if impl == "pallas-fused" else None)
 
 
 class TransformerBlock(nn.Module):
@@ -159,8 +181,8 @@ class TransformerBlock(nn.Module):
 
     def setup(self) -> None:
         self.attention = MosaicAttention(self.cfg, self.rope_theta, self.dtype, self.impl, self.batch_sharding)
-        self.ffn = CSwiGLU(self.cfg.dim, self.cfg.mlp_hidden, self.noise_dim, self.dtype,
-                           fused=self.impl == "pallas-fused", batch_sharding=self.batch_sharding)
+        self.ffn = CSwiGLU(self.cfg.dim, self.cfg.mlp_hidden, self.noise_dim, self.dtype, self.impl,
+                           self.batch_sharding)
 
     def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
         x = x + self.attention(rms_norm(x, self.dtype))

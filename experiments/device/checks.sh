@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 3, 6 and 5 (and the fused inference kernels) in one pass on the lent machine, most important first,
+# The GPU checks of issues 3, 6 and 5 (and the cSwiGLU gate kernels) in one pass on the lent machine, most important first,
 # each under its own time limit inside BUDGET seconds. Prepare here with
 # experiments/device/wheels.sh, then with the device tool:
 #
@@ -38,7 +38,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
 step 240 experiments/bench_attention.py --skip-scaling --iters 10
 step 100 experiments/bench_forecast.py --preset paper-era5 --members 24 --steps 10
 step 200 experiments/bench_train.py throughput --preset paper-era5 --batch-sizes 1 6 --steps 3
-step 60 experiments/bench_gated_mlp.py --iters 10
+step 90 experiments/bench_gated_mlp.py --iters 10
 step 60 experiments/bench_interpolation.py --iters 10
 step 100 experiments/bench_forecast.py --preset paper-era5 --members 24 --steps 10 --attention-impl pallas-fused
 step 120 experiments/bench_forecast.py --preset paper-hres --members 24 --steps 40 --repeats 1

@@ -1,10 +1,19 @@
-"""The cSwiGLU up-projection with its gate in the GEMM epilogue, as a Mosaic GPU (Hopper) kernel.
+"""The cSwiGLU gate as Mosaic GPU (Hopper) kernels: forward and backward.
 
-``gated_up_projection`` is what ``mosaic_jax.modules.CSwiGLU`` calls with
-``attention_impl="pallas-fused"`` (inference kernels); ``gated_up_projection_reference`` is its
-XLA oracle and backward.
+``gated_up_projection`` (kernel.py): the up-projection with its gate in the GEMM epilogue,
+what ``mosaic_jax.modules.CSwiGLU`` runs with ``impl="pallas-fused"`` (inference);
+``gated_up_projection_reference`` is its XLA oracle. ``gate_backward`` (backward.py): the
+gate's recomputed output and gradients in one pass, what ``mosaic_jax.cswiglu`` runs in the
+training backward with ``impl="pallas"``; ``gate_backward_reference`` is its oracle.
 """
 
+from pallas_kernels.gated_mlp.backward import (
+    DEFAULT_BACKWARD_CONFIG,
+    GateBackwardConfig,
+    check_backward_shapes,
+    gate_backward,
+    gate_backward_reference,
+)
 from pallas_kernels.gated_mlp.kernel import (
     DEFAULT_CONFIG,
     GatedMlpConfig,
@@ -16,9 +25,14 @@ from pallas_kernels.gated_mlp.kernel import (
 )
 
 __all__ = [
+    "DEFAULT_BACKWARD_CONFIG",
     "DEFAULT_CONFIG",
+    "GateBackwardConfig",
     "GatedMlpConfig",
+    "check_backward_shapes",
     "check_shapes",
+    "gate_backward",
+    "gate_backward_reference",
     "gated_up_projection",
     "gated_up_projection_forward",
     "gated_up_projection_reference",

@@ -113,5 +113,5 @@ def test_cswiglu_module_fused_matches_xla():
     params = jax.tree_util.tree_map_with_path(
         lambda p, a: a * 100.0 if "noise_bias" in jax.tree_util.keystr(p) else a, params)
     with interpret():
-        fused = CSwiGLU(dim, hidden, noise_dim, dtype=jnp.bfloat16, fused=True).apply(params, x, z)
+        fused = CSwiGLU(dim, hidden, noise_dim, dtype=jnp.bfloat16, impl="pallas-fused").apply(params, x, z)
     assert rel_l2(fused, xla.apply(params, x, z)) <= TOL_16BIT

@@ -108,6 +108,21 @@ def test_gated_mlp_kernel_compiles_for_sm90a_without_spills(stage):
     assert not r.spills, r.ptxas_log[-800:]
 
 
+@pytest.mark.parametrize("stage", PUBLISHED_STAGES, ids=lambda s: s.name)
+def test_gate_backward_kernel_compiles_for_sm90a_without_spills(stage):
+    """The cSwiGLU gate's backward at each level's (tokens, hidden = 4 dim) for 12 sequences
+    (6 initial conditions x 2 members): no spill, and three CTAs fit an SM's registers."""
+    from pallas_kernels.gated_mlp import gate_backward
+
+    hidden = 4 * stage.q_heads * stage.head_dim
+    act = jax.ShapeDtypeStruct((12, stage.tokens, hidden), jnp.bfloat16)
+    r = deviceless.compile_kernel(lambda a, b, dh, bias: gate_backward(a, b, dh, bias)[:3], act, act, act,
+                                  jax.ShapeDtypeStruct((12, hidden), jnp.float32))
+    assert 0 < r.smem_bytes <= SMEM_PER_BLOCK, r.smem_bytes
+    assert 3 * r.registers * 128 <= deviceless.H100_SXM_80GB.registers_per_sm, r.registers
+    assert not r.spills, r.ptxas_log[-800:]
+
+
 def test_whole_attention_gradient_compiles_and_its_memory_is_linear_in_the_inputs():
     """Forward + backward of the kernel path: device memory within a small multiple of its inputs
     and gradients (no (tokens x selected tokens) intermediate), unlike the xla path.
