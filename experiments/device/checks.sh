@@ -37,7 +37,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
 "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 step 240 experiments/bench_attention.py --skip-scaling --iters 10
 step 100 experiments/bench_forecast.py --preset paper-era5 --members 24 --steps 10
-step 200 experiments/bench_train.py throughput --preset paper-era5 --batch-sizes 1 6 --steps 3
+step 240 experiments/bench_train.py throughput --preset paper-era5 --batch-sizes 1 6 10 --steps 3
 step 90 experiments/bench_gated_mlp.py --iters 10
 step 60 experiments/bench_interpolation.py --iters 10
 step 100 experiments/bench_forecast.py --preset paper-era5 --members 24 --steps 10 --attention-impl pallas-fused
