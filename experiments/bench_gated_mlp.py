@@ -106,21 +106,27 @@ def bench_level(name: str, tokens: int, dim: int, members: int, iters: int, back
     return row
 
 
-def render(rows: list[dict], matmul: dict | None) -> str:
-    peak = matmul["tflops"] if matmul else None
-    lines = ["| level | members x tokens, dim -> hidden | GFLOP | path | ms | TFLOP/s | of matmul rate | rel L2 vs float32 |",
-             "|---|---|---|---|---|---|---|---|"]
+def _table(header: str, rows: list[dict], key: str, shape, size: str, rate: str, peak: float | None) -> list[str]:
+    """Markdown rows, one per (level, path): ``r[key + path]`` holds ms, the ``rate`` figure and
+    rel_l2 (or an error); ``shape(r)`` and ``r[size]`` describe the level; ``peak`` scales the rate."""
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for path in ("xla", "pallas"):
-            c = r[path]
-            shape = f"{r['members']} x {r['tokens']:,}, {r['dim']} -> {r['hidden']}"
+            c, cells = r[key + path], f"| {r['level']} | {shape(r)} | {r[size]:.1f} | {path} |"
             if "error" in c:
-                lines.append(f"| {r['level']} | {shape} | {r['gflop']:.0f} | {path} | fails: {c['error']} | | | |")
+                lines.append(f"{cells} fails: {c['error']} | | | |")
                 continue
-            share = f"{c['tflops'] / peak:.0%}" if peak else "-"
+            share = f"{c[rate] / peak:.0%}" if peak else "-"
             ok = "" if c["rel_l2"] <= TOL_BF16 else " (over the 2e-2 bound)"
-            lines.append(f"| {r['level']} | {shape} | {r['gflop']:.0f} | {path} | {c['ms']:.3f} | {c['tflops']:.0f} "
-                         f"| {share} | {c['rel_l2']:.1e}{ok} |")
+            lines.append(f"{cells} {c['ms']:.3f} | {c[rate]:.0f} | {share} | {c['rel_l2']:.1e}{ok} |")
+    return lines
+
+
+def render(rows: list[dict], matmul: dict | None) -> str:
+    peak = matmul["tflops"] if matmul else None
+    lines = _table("| level | members x tokens, dim -> hidden | GFLOP | path | ms | TFLOP/s | of matmul rate "
+                   "| rel L2 vs float32 |", rows, "",
+                   lambda r: f"{r['members']} x {r['tokens']:,}, {r['dim']} -> {r['hidden']}", "gflop", "tflops", peak)
     head = (f"bf16 matmul rate measured in the same run (8192^3): {peak:.0f} TFLOP/s. " if peak else "")
     text = (head + "FLOPs: both products, 2 x tokens x dim x 2*hidden per member. 'xla' is the model's "
             "path without the kernel (GEMM, then the gate as an elementwise pass); 'pallas' the kernel.\n\n"
@@ -128,20 +134,10 @@ def render(rows: list[dict], matmul: dict | None) -> str:
     rows = [r for r in rows if "sequences" in r]
     if not rows:
         return text
-    hbm = next((v for k, v in HBM_BYTES_PER_S.items() if k in jax.devices()[0].device_kind), None)
-    lines = ["| level | sequences x tokens x hidden | GB (six passes) | path | ms | GB/s | of HBM | max rel L2 vs float32 |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        for path in ("xla", "pallas"):
-            c = r[f"bwd_{path}"]
-            shape = f"{r['sequences']} x {r['tokens']:,} x {r['hidden']}"
-            if "error" in c:
-                lines.append(f"| {r['level']} | {shape} | {r['min_gb']:.1f} | {path} | fails: {c['error']} | | | |")
-                continue
-            share = f"{c['gbps'] * 1e9 / hbm:.0%}" if hbm else "-"
-            ok = "" if c["rel_l2"] <= TOL_BF16 else " (over the 2e-2 bound)"
-            lines.append(f"| {r['level']} | {shape} | {r['min_gb']:.1f} | {path} | {c['ms']:.3f} | {c['gbps']:.0f} "
-                         f"| {share} | {c['rel_l2']:.1e}{ok} |")
+    hbm = next((v / 1e9 for k, v in HBM_BYTES_PER_S.items() if k in jax.devices()[0].device_kind), None)
+    lines = _table("| level | sequences x tokens x hidden | GB (six passes) | path | ms | GB/s | of HBM "
+                   "| max rel L2 vs float32 |", rows, "bwd_",
+                   lambda r: f"{r['sequences']} x {r['tokens']:,} x {r['hidden']}", "min_gb", "gbps", hbm)
     return (text + "\n\nThe gate's backward (h again, da, db, the bias's gradient from a, b, dh): GB/s counts "
             "the six activation passes the kernel needs at least, for both paths (XLA's form moves ten); "
             "'of HBM' against the device's peak bandwidth.\n\n" + "\n".join(lines))
