@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_attention import TOL_BF16, _rel_l2, best_ms, matmul_rate, time_fn, tflops  # noqa: E402
 from common import append_result  # noqa: E402
 
+from mosaic_jax import cswiglu  # noqa: E402
 from pallas_kernels.gated_mlp import (  # noqa: E402
     gate_backward,
     gate_backward_reference,
@@ -51,14 +52,12 @@ TINY_LEVELS = [("tiny", 256, 128)]
 
 def xla_path(x, w13, bias):
     """The model's cSwiGLU up-projection as XLA runs it (mosaic_jax.cswiglu, bf16 compute)."""
-    hidden = w13.shape[1] // 2
-    a, b = jnp.dot(x, w13[:, :hidden]), jnp.dot(x, w13[:, hidden:])
-    return nn.silu(a + bias.astype(x.dtype)[:, None, :]) * b
+    return cswiglu.gate(*cswiglu.up_products(x, w13), bias.astype(x.dtype))
 
 
 def xla_gate_backward(a, b, dh, bias):
     """What autodiff runs for the gate in the remat'd train step: h again, then its VJP."""
-    h, vjp = jax.vjp(lambda a, b, bias: nn.silu(a + bias[:, None, :]) * b, a, b, bias.astype(a.dtype))
+    h, vjp = jax.vjp(cswiglu.gate, a, b, bias.astype(a.dtype))
     return (h, *vjp(dh))
 
 

@@ -34,7 +34,7 @@ class GateKernels:
     up_projection: UpProjection | None = None
 
 
-def _up(x: jax.Array, w13: jax.Array) -> tuple[jax.Array, jax.Array]:
+def up_products(x: jax.Array, w13: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``a = x W1``, ``b = x W3`` as two products from the halves of ``w13``.
 
     Two products rather than one split afterwards: the gradient of a split activation is two
@@ -45,13 +45,14 @@ def _up(x: jax.Array, w13: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.dot(x, w13[:, :hidden]), jnp.dot(x, w13[:, hidden:])
 
 
-def _gate(a: jax.Array, b: jax.Array, bias: jax.Array) -> jax.Array:
+def gate(a: jax.Array, b: jax.Array, bias: jax.Array) -> jax.Array:
+    """``silu(a + bias) * b`` in the compute dtype, bias (B, H) broadcast over tokens."""
     return jax.nn.silu(a + bias[:, None, :]) * b
 
 
 def cswiglu_reference(x: jax.Array, w13: jax.Array, w2: jax.Array, bias: jax.Array) -> jax.Array:
     """x (B, N, D), w13 (D, 2H), w2 (H, D), bias (B, H), one dtype -> (B, N, D)."""
-    return jnp.dot(_gate(*_up(x, w13), bias), w2)
+    return jnp.dot(gate(*up_products(x, w13), bias), w2)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -67,8 +68,8 @@ def cswiglu(x: jax.Array, w13: jax.Array, w2: jax.Array, bias: jax.Array, kernel
 
 
 def _cswiglu_fwd(x, w13, w2, bias, kernels):
-    a, b = _up(x, w13)
-    return jnp.dot(_gate(a, b, bias), w2), (x, w13, w2, bias, a, b)
+    a, b = up_products(x, w13)
+    return jnp.dot(gate(a, b, bias), w2), (x, w13, w2, bias, a, b)
 
 
 def _cswiglu_bwd(kernels, residuals, dy):
