@@ -412,7 +412,7 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", help="train-step device memory per batch size")
     t.add_argument("--preset", default="paper-era5")
     t.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    t.add_argument("--attention-impl", nargs="+", default=["pallas"], choices=["pallas", "xla"])
+    t.add_argument("--attention-impl", nargs="+", default=["pallas"], choices=["pallas", "pallas-fused", "xla"])
     t.add_argument("--dtype", default="bfloat16")
     t.add_argument("--no-remat", action="store_true")
     t.add_argument("--devices", type=int, default=1, help="compile-only H100s on the mesh")

@@ -7,7 +7,11 @@ each at stage 1 of paper-era5, batch 6), and no hand-written XLA backward does b
 not fuse the gradients' sibling outputs (experiments/results/train.md). ``cswiglu`` keeps the
 forward op for op and, in its backward, computes ``dh = dy W2^T`` and then h (for ``dW2``), da,
 db and the noise bias's gradient with ``pallas_kernels.gated_mlp.gate_backward``: six passes.
-``cswiglu_reference`` is the autodiff form: the model's XLA path and the tests' oracle.
+With an ``up_projection`` kernel the forward never writes a and b, differentiated or not, and
+the backward recomputes them from x; under per-block remat the backward recomputes the block's
+forward anyway, so that costs nothing, and the forward's gate pass (three (tokens, hidden)
+activations read or written) is gone from the train step. ``cswiglu_reference`` is the
+autodiff form: the model's XLA path and the tests' oracle.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ GateBackward = Callable[[jax.Array, jax.Array, jax.Array, jax.Array],
 class GateKernels:
     """What ``cswiglu`` runs where XLA would: ``gate_backward(a, b, dh, bias) -> (h, da, db,
     dbias)`` in the backward, and optionally ``up_projection(x, w13, bias) -> h`` for the
-    forward where it is not differentiated (inference)."""
+    forward (inference and the train step's forward pass; the backward then recomputes
+    ``a = x W1``, ``b = x W3``)."""
 
     gate_backward: GateBackward
     up_projection: UpProjection | None = None
@@ -68,12 +73,16 @@ def cswiglu(x: jax.Array, w13: jax.Array, w2: jax.Array, bias: jax.Array, kernel
 
 
 def _cswiglu_fwd(x, w13, w2, bias, kernels):
+    if kernels.up_projection is not None:  # a and b never stored: the backward recomputes them
+        return jnp.dot(kernels.up_projection(x, w13, bias), w2), (x, w13, w2, bias, None, None)
     a, b = up_products(x, w13)
     return jnp.dot(gate(a, b, bias), w2), (x, w13, w2, bias, a, b)
 
 
 def _cswiglu_bwd(kernels, residuals, dy):
     x, w13, w2, bias, a, b = residuals
+    if a is None:
+        a, b = up_products(x, w13)
     hidden = w2.shape[0]
     h, da, db, dbias = kernels.gate_backward(a, b, jnp.dot(dy, w2.T), bias)
     dx = jnp.dot(da, w13[:, :hidden].T) + jnp.dot(db, w13[:, hidden:].T)

@@ -116,8 +116,9 @@ class CSwiGLU(nn.Module):
 
     ``impl`` follows the attention's (``mosaic_jax.attention``): ``"xla"`` is autodiff's form;
     ``"pallas"`` runs the gate's backward as one Pallas kernel (``mosaic_jax.cswiglu``);
-    ``"pallas-fused"`` also runs the up-projection and its gate as one kernel where the call
-    is not differentiated (inference), never writing the (tokens, 2*hidden) product;
+    ``"pallas-fused"`` also runs the up-projection and its gate as one kernel in the forward
+    (inference and training), never writing the (tokens, 2*hidden) product; under
+    differentiation the backward recomputes that product, which remat does anyway;
     ``"auto"`` is ``"pallas"`` on an H100-class GPU where the kernels take the shapes and dtype,
     ``"xla"`` elsewhere.
     """

@@ -71,19 +71,22 @@ def test_pallas_backward_matches_its_oracle_in_interpret_mode():
         assert rel_l2(g, w) <= TOL_16BIT, name
 
 
-def test_up_projection_serves_only_the_undifferentiated_forward():
-    """The Pallas forward kernel plugs in as ``up_projection``; gradients never use it."""
+def test_up_projection_runs_the_forward_and_the_backward_recomputes_the_products():
+    """The Pallas forward kernel plugs in as ``up_projection``: it gives the forward's value,
+    differentiated or not, while the gradients come from ``a``, ``b`` recomputed from x."""
     x, w13, w2, bias, cot = operands(jnp.float32)
 
-    def doubled(x, w13, bias):
+    def doubled(x, w13, bias):  # a stand-in kernel whose output is told apart from the product's
         return 2.0 * jax.nn.silu(x @ w13[:, :H] + bias[:, None]) * (x @ w13[:, H:])
 
     kernels = GateKernels(gate_backward_reference, doubled)
-    np.testing.assert_allclose(with_kernels(kernels)(x, w13, w2, bias), 2.0 * cswiglu_reference(x, w13, w2, bias),
-                               rtol=1e-6, atol=1e-6)
-    for g, want in zip(grads(with_kernels(kernels), x, w13, w2, bias, cot),
-                       grads(cswiglu_reference, x, w13, w2, bias, cot)):
-        assert rel_l2(g, want) < 1e-6
+    want_value = 2.0 * cswiglu_reference(x, w13, w2, bias)
+    np.testing.assert_allclose(with_kernels(kernels)(x, w13, w2, bias), want_value, rtol=1e-6, atol=1e-6)
+    value, vjp = jax.vjp(with_kernels(kernels), x, w13, w2, bias)
+    np.testing.assert_allclose(value, want_value, rtol=1e-6, atol=1e-6)  # the kernel ran under jax.vjp
+    _, vjp_ref = jax.vjp(cswiglu_reference, x, w13, w2, bias)
+    for name, g, want in zip(("x", "w13", "w2", "bias"), vjp(cot), vjp_ref(cot)):
+        assert rel_l2(g, want) < 1e-6, name
 
 
 def module_grads(impl: str, dtype=jnp.bfloat16):
@@ -96,11 +99,13 @@ def module_grads(impl: str, dtype=jnp.bfloat16):
     return jax.grad(lambda p, x, z: jnp.sum(mod.apply(p, x, z).astype(jnp.float32) * cot), (0, 1, 2))(params, x, z)
 
 
-def test_module_pallas_gradients_match_xla_in_interpret_mode():
-    """modules.CSwiGLU through its parameters and noise input: the kernel path against autodiff."""
+@pytest.mark.parametrize("impl", ["pallas", "pallas-fused"])
+def test_module_pallas_gradients_match_xla_in_interpret_mode(impl):
+    """modules.CSwiGLU through its parameters and noise input: the kernel paths (``pallas-fused``
+    runs the gated up-projection kernel in the forward too) against autodiff."""
     want = module_grads("xla")
     with interpret():
-        got = module_grads("pallas")
+        got = module_grads(impl)
     jax.tree.map(lambda g, w: rel_l2(g, w) <= TOL_16BIT or pytest.fail(f"{rel_l2(g, w)}"), got, want)
 
 

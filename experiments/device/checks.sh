@@ -38,6 +38,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
 step 240 experiments/bench_attention.py --skip-scaling --iters 10
 step 100 experiments/bench_forecast.py --preset paper-era5 --members 24 --steps 10
 step 240 experiments/bench_train.py throughput --preset paper-era5 --batch-sizes 1 6 10 --steps 3
+step 150 experiments/bench_train.py throughput --preset paper-era5 --batch-sizes 6 --steps 3 --attention-impl pallas-fused
 step 90 experiments/bench_gated_mlp.py --iters 10
 step 60 experiments/bench_interpolation.py --iters 10
 step 100 experiments/bench_forecast.py --preset paper-era5 --members 24 --steps 10 --attention-impl pallas-fused

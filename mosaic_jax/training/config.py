@@ -64,8 +64,10 @@ class TrainConfig:
       compute_dtype: ``bfloat16`` or ``float32`` activations; parameters and optimizer state stay
         float32 (master weights).
       remat: rematerialise every transformer block (and each rollout step) in the backward pass.
-      attention_impl: ``auto`` | ``xla`` | ``pallas``: the attention's and the cSwiGLU gate
-        backward's kernels (``pallas`` on an H100 under ``auto``).
+      attention_impl: ``auto`` | ``xla`` | ``pallas`` | ``pallas-fused``: the attention's and the
+        cSwiGLU gate backward's kernels (``pallas`` on an H100 under ``auto``); ``pallas-fused``
+        also runs the cSwiGLU up-projection with its gate as one kernel in the forward (the
+        backward recomputes the product; without remat that is an extra GEMM per block).
       seed: parameter init, data order and member noise.
       train_start, train_end, val_start, val_end: periods (ISO times) of the store; by default the
         last ``val_fraction`` of the store's times is held out for validation.

@@ -15,7 +15,9 @@ batch), the first axis fastest: consecutive CTAs share one row tile of ``x`` and
 columns, and ``w13`` (9 to 26 MB at the published levels) stays in the 50 MB L2.
 
 Forward only: ``gated_up_projection`` runs it when not differentiated (inference, the
-forecast) and the XLA composition under ``jax.grad``.
+forecast) and the XLA composition under ``jax.grad``. ``mosaic_jax.cswiglu`` also calls it in
+its custom VJP's forward rule, which runs undifferentiated, so the train step's forward uses
+the kernel and its backward recomputes the products it needs.
 """
 
 from __future__ import annotations

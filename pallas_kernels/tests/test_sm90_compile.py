@@ -148,6 +148,41 @@ def test_cswiglu_kernel_backward_needs_less_memory_than_autodiff():
     assert kernel + 2 * activation <= autodiff, (kernel / 2**20, autodiff / 2**20)  # 195 vs 385 MiB
 
 
+def test_cswiglu_up_projection_kernel_runs_once_in_a_remat_gradient():
+    """With the gated up-projection kernel, compiled for the H100 inside a remat'd gradient: the
+    custom VJP's forward rule runs in the forward pass and again in remat's recomputation, which
+    needs only its inputs, so the kernel must be dead there. One launch of each kernel, and
+    XLA's matrix work is the plain form's less exactly one up-product (x @ w13): the forward's,
+    now in the kernel; the backward still computes its own."""
+    from mosaic_jax import roofline
+    from mosaic_jax.cswiglu import GateKernels, cswiglu
+    from pallas_kernels.gated_mlp import gate_backward, gated_up_projection
+
+    sharding = jax.sharding.SingleDeviceSharding(deviceless.compile_only_devices(1)[0])
+    b, n, d, h = 2, 1024, 256, 512
+    s = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)  # noqa: E731
+    args = (s(b, n, d), s(d, 2 * h), s(h, d), s(b, h, dtype=jnp.float32))
+
+    def optimized_hlo(kernels: GateKernels) -> str:
+        def loss(x, w13, w2, bias):  # nonlinear in the output, so the forward's value is needed
+            ffn = jax.checkpoint(lambda *a: cswiglu(*a, kernels))
+            return jnp.sum(jnp.square(ffn(x, w13, w2, bias.astype(x.dtype)).astype(jnp.float32)))
+        return jax.jit(jax.grad(loss, (0, 1, 2, 3))).lower(*args).compile().as_text()
+
+    def launches(hlo: str, kernel: str) -> int:
+        return sum(1 for line in hlo.splitlines() if "custom_call_target=" in line and f"/{kernel}" in line)
+
+    def xla_matmul_flops(hlo: str) -> float:
+        return sum(c.count * c.flops for c in roofline.op_costs(hlo) if c.category == "matmul")
+
+    fused = optimized_hlo(GateKernels(gate_backward, gated_up_projection))
+    plain = optimized_hlo(GateKernels(gate_backward))
+    assert launches(fused, "mosaic_gated_up_projection") == 1
+    assert launches(plain, "mosaic_gated_up_projection") == 0
+    assert launches(fused, "mosaic_gate_backward") == launches(plain, "mosaic_gate_backward") == 1
+    assert xla_matmul_flops(plain) - xla_matmul_flops(fused) == 2 * b * n * d * 2 * h
+
+
 def test_whole_attention_gradient_compiles_and_its_memory_is_linear_in_the_inputs():
     """Forward + backward of the kernel path: device memory within a small multiple of its inputs
     and gradients (no (tokens x selected tokens) intermediate), unlike the xla path.
