@@ -160,13 +160,13 @@ def test_cswiglu_up_projection_kernel_runs_once_in_a_remat_gradient():
 
     sharding = jax.sharding.SingleDeviceSharding(deviceless.compile_only_devices(1)[0])
     b, n, d, h = 2, 1024, 256, 512
-    s = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)  # noqa: E731
-    args = (s(b, n, d), s(d, 2 * h), s(h, d), s(b, h, dtype=jnp.float32))
+    s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=sharding)  # noqa: E731
+    args = (s(b, n, d), s(d, 2 * h), s(h, d), s(b, h))
 
     def optimized_hlo(kernels: GateKernels) -> str:
         def loss(x, w13, w2, bias):  # nonlinear in the output, so the forward's value is needed
             ffn = jax.checkpoint(lambda *a: cswiglu(*a, kernels))
-            return jnp.sum(jnp.square(ffn(x, w13, w2, bias.astype(x.dtype)).astype(jnp.float32)))
+            return jnp.sum(jnp.square(ffn(x, w13, w2, bias).astype(jnp.float32)))
         return jax.jit(jax.grad(loss, (0, 1, 2, 3))).lower(*args).compile().as_text()
 
     def launches(hlo: str, kernel: str) -> int:
