@@ -18,9 +18,9 @@ from mosaic_jax import variables
 
 
 # Mosaic attention implementations (mosaic_jax.attention.api): the pure-JAX reference, the Pallas
-# kernels, the kernels plus the inference-only fused kernels (the whole attention forward in one
-# kernel; the cSwiGLU up-projection with its gate, pallas_kernels/gated_mlp), or "auto" (kernels
-# on Hopper).
+# kernels, the kernels plus the fused forward kernels (the whole attention forward in one kernel,
+# inference only; the cSwiGLU up-projection with its gate, pallas_kernels/gated_mlp, also in
+# training's forward pass), or "auto" (kernels on Hopper).
 ATTENTION_IMPLS = ("auto", "xla", "pallas", "pallas-fused")
 
 

@@ -3,8 +3,8 @@
 ``impl="xla"`` is the pure-JAX reference (any backend, differentiable). ``impl="pallas"``
 is the Mosaic GPU kernel in ``pallas_kernels`` (Hopper only); ``impl="pallas-fused"`` the
 same with the whole gated forward as one kernel where the call is not differentiated
-(``SelectionConfig.fuse_forward``; inference; the model then also fuses its cSwiGLU
-up-projection, ``modules.CSwiGLU``). ``impl="auto"`` picks
+(``SelectionConfig.fuse_forward``; inference). The model then also fuses its cSwiGLU
+up-projection with its gate (``modules.CSwiGLU``), in training's forward pass too. ``impl="auto"`` picks
 ``"pallas"`` on an H100-class GPU and the reference elsewhere; a forced implementation
 raises its own error rather than silently falling back.
 
