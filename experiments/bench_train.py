@@ -112,66 +112,70 @@ def throughput(args: argparse.Namespace) -> None:
     model_flops_1 = train_step_flops(cfg, tc1)  # per initial condition, no recomputation: MFU's numerator
     hardware_flops_1 = model_flops_1 if args.no_remat else train_step_flops(cfg, dataclasses.replace(tc1, remat=True))
     print(f"FLOPs per initial condition: model {model_flops_1:.4g}, with remat {hardware_flops_1:.4g}", flush=True)
-    for b in args.batch_sizes:
-        tc = TrainConfig(batch_size=b, ensemble_members=2, compute_dtype=args.dtype, remat=not args.no_remat,
-                         attention_impl=args.attention_impl, mesh_fsdp=args.fsdp, total_steps=1000, warmup_steps=10,
-                         fsdp_min_size=4096)
-        mesh = make_mesh(-1, 1, args.fsdp)
-        if b % shd.mesh_size(mesh, "batch"):
-            continue
-        fns = build_step_fns(cfg, tc, mesh)
-        abstract = jax.eval_shape(lambda k: init_state(cfg, tc, fns.tx, k), jax.random.PRNGKey(0))
-        sh = shd.state_shardings(mesh, abstract, min_size=tc.fsdp_min_size)
-        bsh, rep = shd.batch_sharding(mesh), shd.replicated(mesh)
-        static_np = np.random.default_rng(0).standard_normal((cfg.n_lon, cfg.n_lat, cfg.num_static)).astype(np.float32)
-        static = jax.device_put(static_np, rep)
-        t0 = time.perf_counter()
-        try:
-            compiled = jit_train_step(fns, sh, bsh, rep).lower(
-                abstract_with_shardings(abstract, sh), abstract_batch(cfg, tc, b, bsh), static).compile()
-        except Exception as e:  # noqa: BLE001 - an out-of-memory compile is a result here
-            rows.append({"batch": b, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
-            break
-        compile_s = time.perf_counter() - t0
-        mem = compiled.memory_analysis()
-        need = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                - mem.alias_size_in_bytes) if mem is not None else None
-        flops = hardware_flops_1 * b / n_dev  # per device, recomputation included
-        row = {"batch": b, "compile_s": compile_s, "mem_gib": None if need is None else need / 2**30, "flops": flops}
-        fits = limit is None or need is None or need <= limit
-        row["fits"] = fits
-        if fits and not args.compile_only:
-            state = jax.jit(lambda k: init_state(cfg, tc, fns.tx, k), out_shardings=sh)(jax.random.PRNGKey(0))
-            rng = np.random.default_rng(1)
-            grid = (cfg.n_lon, cfg.n_lat, cfg.num_channels)
-            batch = shd.put_batch({"history": rng.standard_normal((b, cfg.num_history_steps, *grid), np.float32),
-                                   "targets": rng.standard_normal((b, 1, *grid), np.float32),
-                                   "day_year": rng.uniform(size=(b, 2)).astype(np.float32)}, bsh)
+    interrupted_at = None  # the batch size being measured when a time limit's SIGINT arrived
+    try:
+        for b in args.batch_sizes:
+            tc = TrainConfig(batch_size=b, ensemble_members=2, compute_dtype=args.dtype, remat=not args.no_remat,
+                             attention_impl=args.attention_impl, mesh_fsdp=args.fsdp, total_steps=1000, warmup_steps=10,
+                             fsdp_min_size=4096)
+            mesh = make_mesh(-1, 1, args.fsdp)
+            if b % shd.mesh_size(mesh, "batch"):
+                continue
+            fns = build_step_fns(cfg, tc, mesh)
+            abstract = jax.eval_shape(lambda k: init_state(cfg, tc, fns.tx, k), jax.random.PRNGKey(0))
+            sh = shd.state_shardings(mesh, abstract, min_size=tc.fsdp_min_size)
+            bsh, rep = shd.batch_sharding(mesh), shd.replicated(mesh)
+            static_np = np.random.default_rng(0).standard_normal((cfg.n_lon, cfg.n_lat, cfg.num_static)).astype(np.float32)
+            static = jax.device_put(static_np, rep)
+            t0 = time.perf_counter()
             try:
-                state, m = compiled(state, batch, static)
-                jax.block_until_ready(m)
-                times = []
-                for _ in range(args.steps):
-                    t = time.perf_counter()
+                compiled = jit_train_step(fns, sh, bsh, rep).lower(
+                    abstract_with_shardings(abstract, sh), abstract_batch(cfg, tc, b, bsh), static).compile()
+            except Exception as e:  # noqa: BLE001 - an out-of-memory compile is a result here
+                rows.append({"batch": b, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
+                break
+            compile_s = time.perf_counter() - t0
+            mem = compiled.memory_analysis()
+            need = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                    - mem.alias_size_in_bytes) if mem is not None else None
+            flops = hardware_flops_1 * b / n_dev  # per device, recomputation included
+            row = {"batch": b, "compile_s": compile_s, "mem_gib": None if need is None else need / 2**30, "flops": flops}
+            fits = limit is None or need is None or need <= limit
+            row["fits"] = fits
+            if fits and not args.compile_only:
+                state = jax.jit(lambda k: init_state(cfg, tc, fns.tx, k), out_shardings=sh)(jax.random.PRNGKey(0))
+                rng = np.random.default_rng(1)
+                grid = (cfg.n_lon, cfg.n_lat, cfg.num_channels)
+                batch = shd.put_batch({"history": rng.standard_normal((b, cfg.num_history_steps, *grid), np.float32),
+                                       "targets": rng.standard_normal((b, 1, *grid), np.float32),
+                                       "day_year": rng.uniform(size=(b, 2)).astype(np.float32)}, bsh)
+                try:
                     state, m = compiled(state, batch, static)
                     jax.block_until_ready(m)
-                    times.append(time.perf_counter() - t)
-            except Exception as e:  # noqa: BLE001 - a runtime OOM is a result too
-                row.update(fits=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
-                rows.append(row)
+                    times = []
+                    for _ in range(args.steps):
+                        t = time.perf_counter()
+                        state, m = compiled(state, batch, static)
+                        jax.block_until_ready(m)
+                        times.append(time.perf_counter() - t)
+                except Exception as e:  # noqa: BLE001 - a runtime OOM is a result too
+                    row.update(fits=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+                    rows.append(row)
+                    break
+                step = float(np.median(times))
+                model_flops = model_flops_1 * b / n_dev
+                row.update(step_s=step, samples_per_s=b / step, members_per_s=2 * b / step,
+                           mfu=(model_flops / (step * peak)) if peak else None,
+                           hfu=(flops / (step * peak)) if peak else None, loss=float(m["loss"]))
+                del state
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if fits:
+                largest_fit = b
+            else:
                 break
-            step = float(np.median(times))
-            model_flops = model_flops_1 * b / n_dev
-            row.update(step_s=step, samples_per_s=b / step, members_per_s=2 * b / step,
-                       mfu=(model_flops / (step * peak)) if peak else None,
-                       hfu=(flops / (step * peak)) if peak else None, loss=float(m["loss"]))
-            del state
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if fits:
-            largest_fit = b
-        else:
-            break
+    except KeyboardInterrupt:  # experiments/device/checks.sh's limit: record what was measured
+        interrupted_at = b
     n_params = count_from_shapes(param_shapes(cfg))
     head = ("| batch (ICs) | compile s | compiled memory GiB | fits | step s | samples/s (ICs) | member-forecasts/s |"
             " GFLOP/step/device (incl. remat) | MFU | HFU |")
@@ -197,6 +201,8 @@ def throughput(args: argparse.Namespace) -> None:
             f". MFU counts model FLOPs ({model_flops_1:.4g} per initial condition: the step's matrix FLOPs "
             f"without remat, counted from its jaxpr); HFU counts {hardware_flops_1:.4g}, recomputation "
             f"included.\n\n" + "\n".join(lines))
+    if interrupted_at is not None:
+        body += f"\n\nStopped by an interrupt (the time limit) while measuring batch {interrupted_at}."
     if args.note:
         body += "\n\n" + args.note
     print(body)

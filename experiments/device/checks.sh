@@ -6,7 +6,8 @@
 #     run(command="bash experiments/device/checks.sh", carry=[".whl"], timeout_s=590)
 #
 # Each script appends a dated section to experiments/results/*.md there (bench_attention.py
-# after every section, so a step stopped at its limit keeps what it measured); the files are
+# after every section, bench_train.py with the batch sizes measured before its limit's SIGINT,
+# so a step stopped at its limit keeps what it measured); the files are
 # copied to $OUT after every step. Copy them back over experiments/results/ and commit.
 set -u
 cd "$(dirname "$0")/../.."
@@ -37,7 +38,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
 "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 step 240 experiments/bench_attention.py --skip-scaling --iters 10
 step 100 experiments/bench_forecast.py --preset paper-era5 --members 24 --steps 10
-step 240 experiments/bench_train.py throughput --preset paper-era5 --batch-sizes 1 6 10 --steps 3
+step 240 experiments/bench_train.py throughput --preset paper-era5 --batch-sizes 6 10 --steps 3
 step 150 experiments/bench_train.py throughput --preset paper-era5 --batch-sizes 6 --steps 3 --attention-impl pallas-fused
 step 90 experiments/bench_gated_mlp.py --iters 10
 step 60 experiments/bench_interpolation.py --iters 10
