@@ -39,4 +39,3 @@ def rel_l2(x, ref) -> float:
     x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
     assert np.isfinite(x).all(), "non-finite values (unwritten output?)"
     return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
-

@@ -4,9 +4,9 @@
 is the Mosaic GPU kernel in ``pallas_kernels`` (Hopper only); ``impl="pallas-fused"`` the
 same with the whole gated forward as one kernel where the call is not differentiated
 (``SelectionConfig.fuse_forward``; inference). The model then also fuses its cSwiGLU
-up-projection with its gate (``modules.CSwiGLU``), in training's forward pass too. ``impl="auto"`` picks
-``"pallas"`` on an H100-class GPU and the reference elsewhere; a forced implementation
-raises its own error rather than silently falling back.
+up-projection with its gate (``modules.CSwiGLU``), in training's forward pass too.
+``impl="auto"`` picks ``"pallas"`` on an H100-class GPU and the reference elsewhere; a
+forced implementation raises its own error rather than silently falling back.
 
 A Pallas kernel is per-device code that XLA's SPMD partitioner cannot split: under a
 sharded ``jax.jit`` it would receive the all-gathered batch on every device and compute

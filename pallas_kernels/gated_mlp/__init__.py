@@ -1,7 +1,8 @@
 """The cSwiGLU gate as Mosaic GPU (Hopper) kernels: forward and backward.
 
 ``gated_up_projection`` (kernel.py): the up-projection with its gate in the GEMM epilogue,
-what ``mosaic_jax.modules.CSwiGLU`` runs with ``impl="pallas-fused"`` (inference);
+what ``mosaic_jax.modules.CSwiGLU`` runs with ``impl="pallas-fused"`` (inference, and the
+train step's forward pass);
 ``gated_up_projection_reference`` is its XLA oracle. ``gate_backward`` (backward.py): the
 gate's recomputed output and gradients in one pass, what ``mosaic_jax.cswiglu`` runs in the
 training backward with ``impl="pallas"``; ``gate_backward_reference`` is its oracle.

@@ -117,7 +117,8 @@ def gate_backward(a: jax.Array, b: jax.Array, dh: jax.Array, bias: jax.Array,
 
 def gate_backward_reference(a: jax.Array, b: jax.Array, dh: jax.Array, bias: jax.Array
                             ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """The kernel's outputs in XLA, the same float32 arithmetic: its oracle and the CPU path."""
+    """The kernel's outputs in XLA, the same float32 arithmetic: its oracle, and the stand-in
+    ``gate_backward`` for ``mosaic_jax.cswiglu``'s tests on the CPU."""
     dtype = a.dtype
     a, b, dh = (t.astype(jnp.float32) for t in (a, b, dh))
     z = a + bias.astype(jnp.float32)[:, None, :]

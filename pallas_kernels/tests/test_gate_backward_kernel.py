@@ -57,7 +57,7 @@ def test_kernel_matches_float64(b, n, hidden, dtype, config):
         assert rel_l2(g, w) <= TOL_16BIT, name
     assert got[3].dtype == jnp.float32 and got[3].shape == (b, hidden)
     assert rel_l2(got[3], want[3]) <= 1e-5
-    # the XLA oracle (the CPU path) is the same arithmetic
+    # the XLA oracle is the same arithmetic
     for g, r in zip(got, gate_backward_reference(a, gate_in, dh, bias)):
         assert rel_l2(g, r) <= TOL_16BIT
 
