@@ -44,7 +44,7 @@ import jax.numpy as jnp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mosaic_jax.attention import reference  # noqa: E402
+from mosaic_jax.attention import kernel_device_problem, reference  # noqa: E402
 from pallas_kernels.mosaic_attention import flops  # noqa: E402
 from pallas_kernels.mosaic_attention import mosaic_attention as pallas_mosaic_attention  # noqa: E402
 from pallas_kernels.mosaic_attention.config import PUBLISHED_STAGES, SelectionConfig  # noqa: E402
@@ -351,9 +351,9 @@ def main(argv=None) -> int:
         print(flop_table(args.batch))
         return 0
     if args.interpret_smoke:
-        from jax.experimental.pallas import mosaic_gpu as plgpu
+        from pallas_kernels.testing import interpret
 
-        with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
+        with interpret():  # raises if a kernel raced
             checks = check_correctness(TINY_STAGES[0], 1)
             print("correctness", checks)
             sel = bench_selection(TINY_STAGES[0], 1, 1)
@@ -365,10 +365,10 @@ def main(argv=None) -> int:
         print("interpret smoke:", "FAILED" if bad else "ok (timings on CPU are meaningless)")
         return 1 if bad else 0
 
-    dev = jax.devices()[0]
-    if dev.platform != "gpu":
-        print(f"no GPU ({dev}); use --dry-run or --interpret-smoke on the CPU", file=sys.stderr)
+    if problem := kernel_device_problem():
+        print(f"the kernels need a Hopper GPU: {problem}; use --dry-run or --interpret-smoke on the CPU", file=sys.stderr)
         return 2
+    dev = jax.devices()[0]
     meta = {"command": " ".join(["python", *sys.argv]), "device": f"{dev.device_kind} ({dev.platform})",
             "jax": jax.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "iters": args.iters}

@@ -37,6 +37,7 @@ from bench_attention import TOL_BF16, _rel_l2, best_ms, matmul_rate, time_fn, tf
 from common import append_result  # noqa: E402
 
 from mosaic_jax import cswiglu  # noqa: E402
+from mosaic_jax.attention import kernel_device_problem  # noqa: E402
 from pallas_kernels.gated_mlp import (  # noqa: E402
     gate_backward,
     gate_backward_reference,
@@ -152,18 +153,17 @@ def main(argv=None) -> int:
                    help="CPU check of every code path on a tiny shape in GPU interpret mode; writes nothing")
     args = p.parse_args(argv)
     if args.interpret_smoke:
-        from jax.experimental.pallas import mosaic_gpu as plgpu
+        from pallas_kernels.testing import interpret
 
-        with plgpu.force_gpu_interpret_mode(plgpu.InterpretGPUParams()):
+        with interpret():  # raises if a kernel raced
             rows = [bench_level(*level, members=2, iters=1, backward_sequences=2) for level in TINY_LEVELS]
         print(render(rows, None))
         bad = [r for r in rows for path in ("xla", "pallas", "bwd_xla", "bwd_pallas")
                if "error" in r[path] or r[path]["rel_l2"] > TOL_BF16]
         print("interpret smoke:", "FAILED" if bad else "ok (timings on CPU are meaningless)")
         return 1 if bad else 0
-    dev = jax.devices()[0]
-    if dev.platform != "gpu":
-        print(f"no GPU ({dev}); use --interpret-smoke on the CPU", file=sys.stderr)
+    if problem := kernel_device_problem():
+        print(f"the kernels need a Hopper GPU: {problem}; use --interpret-smoke on the CPU", file=sys.stderr)
         return 2
     matmul = matmul_rate(args.iters)
     rows = []

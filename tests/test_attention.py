@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from mosaic_jax.attention import mosaic_attention, reference
+from mosaic_jax.attention import default_impl, mosaic_attention, reference, require_kernel_device
 
 
 def softmax(s):
@@ -180,3 +182,27 @@ def test_bad_shapes_raise(kwargs, match):
     q, k, v = (jnp.zeros(s) for s in ((1, 64, 4, 8), (1, 64, 2, 8), (1, 64, 2, 8)))
     with pytest.raises(ValueError, match=match):
         mosaic_attention(q, k, v, jnp.zeros((1, 64, 4, 3)), impl="xla", **kwargs)
+
+
+@pytest.mark.parametrize("platform, kind, capability, kernels_run", [
+    ("cpu", "cpu", None, False),
+    ("gpu", "NVIDIA H100 80GB HBM3", "9.0", True),
+    ("gpu", "NVIDIA H200", "9.0", True),
+    ("gpu", "NVIDIA GH200 480GB", "9.0", True),
+    ("gpu", "NVIDIA A100-SXM4-80GB", "8.0", False),  # no wgmma
+    ("gpu", "NVIDIA B200", "10.0", False),  # Blackwell: tcgen05, not Hopper's wgmma
+])
+def test_dispatch_follows_the_devices_compute_capability(monkeypatch, platform, kind, capability, kernels_run):
+    device = types.SimpleNamespace(platform=platform, device_kind=kind)
+    if capability:
+        device.compute_capability = capability
+    monkeypatch.setattr(jax, "devices", lambda *a: [device])
+    assert default_impl() == ("pallas" if kernels_run else "xla")
+    for impl in ("auto", "xla"):
+        require_kernel_device(impl)  # never an error: these run anywhere
+    for impl in ("pallas", "pallas-fused"):
+        if kernels_run:
+            require_kernel_device(impl)
+        else:
+            with pytest.raises(ValueError, match=rf"'{impl}'.*Hopper.*{capability or 'CPU'}.*Use 'auto'"):
+                require_kernel_device(impl)

@@ -92,6 +92,16 @@ def test_forecast_errors(setup, tmp_path):
     assert not (tmp_path / "x.npz").exists()
 
 
+def test_forecast_cli_forcing_the_kernels_without_a_hopper_gpu_is_a_clear_error(setup, tmp_path, capsys):
+    root, store_path, model_dir, cfg, params, store, stats = setup
+    out = tmp_path / "f.npz"
+    assert cli(["forecast", "--checkpoint", str(model_dir), "--zarr", str(store_path), "--init-time", "2020-01-02T12",
+                "--steps", "1", "--members", "1", "--no-progress", "--attention-impl", "pallas",
+                "--output", str(out)]) == 2
+    assert "'pallas' runs the Pallas Mosaic GPU kernels, which need a Hopper GPU" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_several_init_times_share_member_keys(setup, tmp_path):
     root, store_path, model_dir, cfg, params, store, stats = setup
     both = tmp_path / "both.nc"

@@ -34,3 +34,13 @@ def test_overrides(tmp_path) -> None:
     assert tc.variable_weights == (("mean_sea_level_pressure", 0.1), ("temperature", 2.0))
     with pytest.raises(ValueError, match="crps_alpha"):
         train_config_from_args(_parse("--crps-alpha", "2"))
+
+
+def test_forcing_the_kernels_without_a_hopper_gpu_stops_before_any_work(tmp_path, capsys) -> None:
+    from mosaic_jax.cli import main
+
+    workdir = tmp_path / "run"
+    assert main(["train", "--config", "tiny", "--data", str(tmp_path / "absent.zarr"), "--workdir", str(workdir),
+                 "--attention-impl", "pallas-fused"]) == 2
+    assert "'pallas-fused' runs the Pallas Mosaic GPU kernels, which need a Hopper GPU" in capsys.readouterr().err
+    assert not workdir.exists()

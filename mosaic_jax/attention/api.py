@@ -5,8 +5,9 @@ is the Mosaic GPU kernel in ``pallas_kernels`` (Hopper only); ``impl="pallas-fus
 same with the whole gated forward as one kernel where the call is not differentiated
 (``SelectionConfig.fuse_forward``; inference). The model then also fuses its cSwiGLU
 up-projection with its gate (``modules.CSwiGLU``), in training's forward pass too.
-``impl="auto"`` picks ``"pallas"`` on an H100-class GPU and the reference elsewhere; a
-forced implementation raises its own error rather than silently falling back.
+``impl="auto"`` picks ``"pallas"`` on a Hopper GPU and the reference elsewhere; a forced
+implementation is never silently replaced (the commands check it against the device first,
+``require_kernel_device``).
 
 A Pallas kernel is per-device code that XLA's SPMD partitioner cannot split: under a
 sharded ``jax.jit`` it would receive the all-gathered batch on every device and compute
@@ -62,16 +63,41 @@ def validate_shapes(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array, 
         raise ValueError(f"top_k={top_k} must be in [1, {n // sparse_block_size}] (number of sparse blocks)")
 
 
-def default_impl() -> str:
-    """The kernel on Hopper GPUs, the reference elsewhere."""
+def kernel_device_problem() -> str | None:
+    """Why this process's first device cannot run the Pallas kernels; None where it can.
+
+    The kernels are Mosaic GPU code for Hopper's wgmma and TMA: compute capability 9.0
+    (sm_90a: H100, H200, GH200, H800), nothing older and not Blackwell.
+    """
     try:
         dev = jax.devices()[0]
-    except RuntimeError:
-        return "xla"
-    kind = getattr(dev, "device_kind", "")
-    if dev.platform == "gpu" and ("H100" in kind or "H200" in kind):
-        return "pallas"
-    return "xla"
+    except RuntimeError as e:
+        return f"no device could be initialised ({e})"
+    if dev.platform != "gpu":
+        return f"this process's device is a {dev.platform.upper()}"
+    capability = getattr(dev, "compute_capability", None)
+    if capability != "9.0":
+        return f"this process's GPU, {dev.device_kind}, has compute capability {capability}, not Hopper's 9.0"
+    return None
+
+
+def default_impl() -> str:
+    """The kernel on Hopper GPUs, the reference elsewhere."""
+    return "pallas" if kernel_device_problem() is None else "xla"
+
+
+def require_kernel_device(impl: str) -> None:
+    """Raise ValueError up front where a forced Pallas ``impl`` cannot run on this process's device.
+
+    For the commands: without it, ``--attention-impl pallas`` on a CPU or an older GPU fails
+    only when the first step compiles, with Pallas's own message. Not called inside
+    ``mosaic_attention``: tracing on a CPU host is right for interpret-mode tests and for
+    compiling for the H100 without one (``experiments/h100_compile.py``).
+    """
+    if impl in ("pallas", "pallas-fused") and (problem := kernel_device_problem()):
+        raise ValueError(f"attention impl {impl!r} runs the Pallas Mosaic GPU kernels, which need a Hopper GPU "
+                         f"(H100, H200); {problem}. Use 'auto' (the kernels where they run, the xla "
+                         "reference elsewhere) or 'xla'")
 
 
 def mosaic_attention(q: jax.Array, k: jax.Array, v: jax.Array, gates: jax.Array, *, block_attn_size: int,

@@ -16,8 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mosaic_jax.attention import require_kernel_device
     from mosaic_jax.parity import PARITY_TOLERANCE, run_parity
 
+    require_kernel_device(args.attention_impl)
     result = run_parity(args.fixture, args.checkpoint, attention_impl=args.attention_impl)
     if not result.ok:
         print(f"parity FAILED: max_abs_err above {PARITY_TOLERANCE}")

@@ -72,9 +72,11 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
 
+    from mosaic_jax.attention import require_kernel_device
     from mosaic_jax.data import NormStats, WeatherStore
     from mosaic_jax.forecast import run_forecast
 
+    require_kernel_device(args.attention_impl)
     cfg, params = load_for_forecast(args.checkpoint, args.variant, args.random_weights, args.seed)
     stats_path = args.stats or default_stats_path(args.checkpoint)
     if stats_path is None or not Path(stats_path).exists():

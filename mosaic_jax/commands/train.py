@@ -94,11 +94,13 @@ def run(args: argparse.Namespace) -> int:
     from mosaic_jax.training import distributed
 
     info = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    from mosaic_jax.attention import require_kernel_device
     from mosaic_jax.config import get_config
     from mosaic_jax.training.loop import NonFiniteError, train
 
     cfg = get_config(args.config)
     tc = train_config_from_args(args)
+    require_kernel_device(tc.attention_impl)
     if info.num_processes > 1 and info.process_id == 0:
         print(f"distributed: {info.num_processes} processes ({info.source})")
     try:
