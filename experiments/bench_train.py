@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import append_result  # noqa: E402
+from common import NOT_OVERLAPPED, append_result  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,20 +91,16 @@ def throughput(args: argparse.Namespace) -> None:
     from mosaic_jax.training import TrainConfig, make_mesh
     from mosaic_jax.training import sharding as shd
     from mosaic_jax.training.checkpointing import abstract_with_shardings
-    from mosaic_jax.training.metrics import peak_flops_per_device
+    from mosaic_jax.deviceless import CompiledMemory
+    from mosaic_jax.training.metrics import device_memory_limit, peak_flops_per_device
     from mosaic_jax.training.train_step import abstract_batch, build_step_fns, init_state, jit_train_step, \
-        train_step_flops
+        train_step_compiler_options, train_step_flops
 
     cfg = get_config(args.preset)
     dev = jax.devices()[0]
     n_dev = jax.device_count()
     peak = peak_flops_per_device(args.peak_tflops)
-    limit = None
-    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
-    if stats and "bytes_limit" in stats:
-        limit = stats["bytes_limit"]
-    elif args.memory_gb:
-        limit = args.memory_gb * 2**30
+    limit = device_memory_limit() or (args.memory_gb * 2**30 if args.memory_gb else None)
     rows = []
     largest_fit = None
     tc1 = TrainConfig(batch_size=1, ensemble_members=2, compute_dtype=args.dtype, remat=False, total_steps=1000,
@@ -117,6 +113,7 @@ def throughput(args: argparse.Namespace) -> None:
         for b in args.batch_sizes:
             tc = TrainConfig(batch_size=b, ensemble_members=2, compute_dtype=args.dtype, remat=not args.no_remat,
                              attention_impl=args.attention_impl, mesh_fsdp=args.fsdp, total_steps=1000, warmup_steps=10,
+                             overlap_collectives=not args.no_overlap_collectives,
                              fsdp_min_size=4096)
             mesh = make_mesh(-1, 1, args.fsdp)
             if b % shd.mesh_size(mesh, "batch"):
@@ -130,17 +127,16 @@ def throughput(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             try:
                 compiled = jit_train_step(fns, sh, bsh, rep).lower(
-                    abstract_with_shardings(abstract, sh), abstract_batch(cfg, tc, b, bsh), static).compile()
+                    abstract_with_shardings(abstract, sh), abstract_batch(cfg, tc, b, bsh), static).compile(
+                    train_step_compiler_options(tc))
             except Exception as e:  # noqa: BLE001 - an out-of-memory compile is a result here
                 rows.append({"batch": b, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
                 break
             compile_s = time.perf_counter() - t0
-            mem = compiled.memory_analysis()
-            need = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                    - mem.alias_size_in_bytes) if mem is not None else None
+            need = CompiledMemory.of(compiled).total
             flops = hardware_flops_1 * b / n_dev  # per device, recomputation included
-            row = {"batch": b, "compile_s": compile_s, "mem_gib": None if need is None else need / 2**30, "flops": flops}
-            fits = limit is None or need is None or need <= limit
+            row = {"batch": b, "compile_s": compile_s, "mem_gib": need / 2**30, "flops": flops}
+            fits = limit is None or need <= limit
             row["fits"] = fits
             if fits and not args.compile_only:
                 state = jax.jit(lambda k: init_state(cfg, tc, fns.tx, k), out_shardings=sh)(jax.random.PRNGKey(0))
@@ -193,7 +189,8 @@ def throughput(args: argparse.Namespace) -> None:
     platform = dev.platform.upper()
     body = (f"Train-step throughput, `{args.preset}` ({n_params:,} parameters), 2 members per initial condition, "
             f"{args.dtype} compute with float32 master weights, {'no remat' if args.no_remat else 'per-block remat'}, "
-            f"attention `{args.attention_impl}`, {n_dev} {platform} device(s), mesh fsdp={args.fsdp}. "
+            f"attention `{args.attention_impl}`, {n_dev} {platform} device(s), mesh fsdp={args.fsdp}"
+            f"{NOT_OVERLAPPED if args.no_overlap_collectives else ''}. "
             f"Synthetic batches; median of {args.steps} steps after one warm-up. "
             f"Memory budget: {'%.1f GiB' % (limit / 2**30) if limit else 'none'}; largest batch that fits: "
             f"{largest_fit}. Peak for MFU: "
@@ -262,6 +259,8 @@ def main() -> None:
     tp.add_argument("--no-remat", action="store_true")
     tp.add_argument("--attention-impl", default="auto")
     tp.add_argument("--fsdp", type=int, default=1)
+    tp.add_argument("--no-overlap-collectives", action="store_true",
+                    help="TrainConfig.overlap_collectives=False: XLA's latency-hiding scheduler off")
     tp.add_argument("--steps", type=int, default=5)
     tp.add_argument("--peak-tflops", type=float)
     tp.add_argument("--memory-gb", type=float, help="memory budget where the device reports none (CPU)")

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# How a train-step section says TrainConfig.overlap_collectives was off (--no-overlap-collectives).
+NOT_OVERLAPPED = ", collectives not overlapped (XLA latency-hiding scheduler off)"
 
 
 def environment(device: str | None = None) -> dict[str, str]:

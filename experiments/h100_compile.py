@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
 
-from common import append_result  # noqa: E402
+from common import NOT_OVERLAPPED, append_result  # noqa: E402
 
 from mosaic_jax import deviceless  # noqa: E402
 
@@ -198,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from mosaic_jax.model import param_shapes
     from mosaic_jax.training import TrainConfig, make_mesh
     from mosaic_jax.training import sharding as shd
-    from mosaic_jax.training.train_step import lower_train_step
+    from mosaic_jax.training.train_step import lower_train_step, train_step_compiler_options
 
     cfg = get_config(args.preset)
     devices = deviceless.compile_only_devices(args.devices, TARGET)
@@ -207,11 +207,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     for impl in args.attention_impl:
         for b in args.batch_sizes:
             tc = TrainConfig(batch_size=b, ensemble_members=2, compute_dtype=args.dtype, remat=not args.no_remat,
-                             attention_impl=impl, mesh_fsdp=args.fsdp, total_steps=1000, warmup_steps=10)
+                             attention_impl=impl, mesh_fsdp=args.fsdp, total_steps=1000, warmup_steps=10,
+                             overlap_collectives=not args.no_overlap_collectives)
             mesh = make_mesh(-1, 1, args.fsdp, devices=devices)
             if b % shd.mesh_size(mesh, "batch"):
                 continue
-            row = memory_row(lambda: lower_train_step(cfg, tc, mesh).compile(), impl=impl, batch=b)
+            row = memory_row(lambda: lower_train_step(cfg, tc, mesh).compile(train_step_compiler_options(tc)),
+                             impl=impl, batch=b)
             row["fits"] = "bytes" in row and row["bytes"] <= budget
             rows.append(row)
             if "bytes" in row and not row["fits"]:
@@ -224,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     body = (f"`{args.preset}` train step ({n_params:,} parameters; AdamW with float32 master weights, "
             f"{args.dtype} compute, 2 members per initial condition, "
             f"{'no remat' if args.no_remat else 'per-block remat'}) compiled for {args.devices} H100(s), mesh "
-            f"fsdp={args.fsdp}. Device memory is XLA's buffer assignment per device; 'fits' compares it with "
+            f"fsdp={args.fsdp}{NOT_OVERLAPPED if args.no_overlap_collectives else ''}. Device memory is XLA's buffer assignment per device; 'fits' compares it with "
             f"{budget / GIB:.1f} GiB (memory fraction {args.mem_fraction or 0.75:.2f} of {TARGET.memory_bytes / GIB:.1f} "
             f"GiB). Largest batch that fits: "
             + ", ".join(f"{k}: {v}" for k, v in largest.items()) + ". Throughput and MFU need the device "
@@ -319,14 +321,14 @@ def _roofline_program(args: argparse.Namespace):
                 f"one forecast step of `{args.preset}` for {args.members} members (the jitted `EnsembleSampler.step`; "
                 f"{args.dtype} compute, attention `{impl}`)")
     from mosaic_jax.training import TrainConfig, make_mesh
-    from mosaic_jax.training.train_step import lower_train_step, train_step_flops
+    from mosaic_jax.training.train_step import lower_train_step, train_step_compiler_options, train_step_flops
 
     cfg = get_config(args.preset)
     tc = TrainConfig(batch_size=args.batch, ensemble_members=2, compute_dtype=args.dtype, remat=True,
                      attention_impl=impl, total_steps=1000, warmup_steps=10)
     mesh = make_mesh(-1, 1, 1, devices=deviceless.compile_only_devices(1, TARGET))
     model_flops = train_step_flops(cfg, dataclasses.replace(tc, remat=False))
-    return (lower_train_step(cfg, tc, mesh).compile(), "initial condition", args.batch, model_flops,
+    return (lower_train_step(cfg, tc, mesh).compile(train_step_compiler_options(tc)), "initial condition", args.batch, model_flops,
             f"one train step of `{args.preset}` at batch {args.batch} (2 members per initial condition, "
             f"{args.dtype} compute, per-block remat, AdamW; attention `{impl}`)")
 
@@ -418,6 +420,8 @@ def main(argv=None) -> int:
     t.add_argument("--devices", type=int, default=1, help="compile-only H100s on the mesh")
     t.add_argument("--fsdp", type=int, default=1)
     t.add_argument("--mem-fraction", type=float, default=None, help="XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.75)")
+    t.add_argument("--no-overlap-collectives", action="store_true",
+                   help="TrainConfig.overlap_collectives=False: XLA's latency-hiding scheduler off")
     f = sub.add_parser("forecast", help="forecast-step device memory per member chunk")
     f.add_argument("--preset", default="paper-era5")
     f.add_argument("--member-chunks", type=int, nargs="+", default=[1, 8, 24])

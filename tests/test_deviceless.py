@@ -5,6 +5,7 @@ or the CUDA toolkit is absent (``make install`` provides the plugin)."""
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from mosaic_jax import deviceless
 from mosaic_jax.training import make_mesh
 from mosaic_jax.training.testing import micro_config, micro_train_config
-from mosaic_jax.training.train_step import lower_train_step
+from mosaic_jax.training.train_step import lower_train_step, train_step_compiler_options
 
 needs_compiler = pytest.mark.skipif(deviceless.available() is not None,
                                     reason=f"no deviceless H100 compiler: {deviceless.available()}")
@@ -43,21 +44,41 @@ def test_target_config_states_the_h100():
     assert deviceless.H100_SXM_80GB.usable_bytes(0.5) == deviceless.H100_SXM_80GB.memory_bytes // 2
 
 
+def _async_collectives(hlo_text: str) -> int:
+    """How many all-gathers and reduce-scatters the compiled program runs asynchronously
+    (a start and a done that the scheduler can put compute between)."""
+    return len(re.findall(r" (?:all-gather|reduce-scatter)-start\(", hlo_text))
+
+
 @needs_compiler
 def test_fsdp_train_step_on_eight_h100s_holds_an_eighth_of_the_state_per_device():
     """The (data x ensemble x fsdp) train step compiles for 8 GPUs, and FSDP divides the
-    parameters and optimizer state that each device holds by the fsdp size."""
+    parameters and optimizer state that each device holds by the fsdp size; by default XLA
+    overlaps FSDP's collectives with compute."""
     cfg = micro_config()
 
-    def argument_bytes(devices: list, fsdp: int) -> tuple[int, int]:
+    def compile_step(devices: list, fsdp: int):
         tc = micro_train_config(batch_size=8, mesh_fsdp=fsdp, mesh_data=len(devices) // fsdp)
         lowered = lower_train_step(cfg, tc, make_mesh(len(devices) // fsdp, 1, fsdp, devices=devices))
         state_info = lowered.args_info[0][0]
         state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state_info))
-        return deviceless.CompiledMemory.of(lowered.compile()).argument, state_bytes
+        return lowered.compile(train_step_compiler_options(tc)), state_bytes
 
-    one, state = argument_bytes(deviceless.compile_only_devices(1), 1)
-    eight, _ = argument_bytes(deviceless.compile_only_devices(8), 8)
-    assert one >= state
+    one, state = compile_step(deviceless.compile_only_devices(1), 1)
+    eight, _ = compile_step(deviceless.compile_only_devices(8), 8)
+    one_bytes, eight_bytes = (deviceless.CompiledMemory.of(c).argument for c in (one, eight))
+    assert one_bytes >= state
     # the state is 1/8 per device (up to the leaves that do not divide by 8), and so is the batch
-    assert eight < one / 4, (eight, one)
+    assert eight_bytes < one_bytes / 4, (eight_bytes, one_bytes)
+    assert _async_collectives(eight.as_text()) > 0
+
+
+@needs_compiler
+def test_overlap_collectives_off_reaches_xla():
+    """``TrainConfig.overlap_collectives=False`` compiles the step with XLA's latency-hiding
+    scheduler off: FSDP's all-gathers and reduce-scatters run synchronously."""
+    tc = micro_train_config(batch_size=8, mesh_fsdp=8, mesh_data=1, overlap_collectives=False)
+    lowered = lower_train_step(micro_config(), tc, make_mesh(1, 1, 8, devices=deviceless.compile_only_devices(8)))
+    text = lowered.compile(train_step_compiler_options(tc)).as_text()
+    assert " all-gather(" in text  # the collectives are there, not overlapped
+    assert _async_collectives(text) == 0

@@ -1,4 +1,5 @@
-"""``mosaic-jax train``'s flags map onto TrainConfig (no training here; runs are tested elsewhere)."""
+"""``mosaic-jax train``: its flags map onto TrainConfig, and what it refuses before the first step
+(training runs are tested elsewhere)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,40 @@ def test_forcing_the_kernels_without_a_hopper_gpu_stops_before_any_work(tmp_path
                  "--attention-impl", "pallas-fused"]) == 2
     assert "'pallas-fused' runs the Pallas Mosaic GPU kernels, which need a Hopper GPU" in capsys.readouterr().err
     assert not workdir.exists()
+
+
+def test_a_step_too_large_for_the_device_stops_before_training_and_says_how_to_fit(tmp_path, monkeypatch) -> None:
+    """The loop compares the compiled step's buffers with the allocator's limit (a GPU reports
+    one; here a fake limit one byte short of what the step needs)."""
+    import types
+
+    from mosaic_jax.deviceless import CompiledMemory
+    from mosaic_jax.training import loop
+    from mosaic_jax.training.testing import make_micro_store, micro_config, micro_train_config
+
+    def check_with_a_limit_just_short(compiled, tc, num_devices, limit):
+        assert limit is None  # the CPU reports no limit: the check passes unless a GPU says otherwise
+        need = CompiledMemory.of(compiled).total
+        real_check(compiled, tc, num_devices, need)  # fits exactly
+        real_check(compiled, tc, num_devices, need - 1)
+
+    real_check = loop.check_step_fits
+    monkeypatch.setattr(loop, "check_step_fits", check_with_a_limit_just_short)
+    store = make_micro_store(tmp_path / "micro.zarr", days=3)
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"needs \d+\.\d GiB per device .* --batch-size \(now 2\)") as e:
+        loop.train(micro_config(), micro_train_config(eval_every=0), store, workdir, progress=False)
+    assert "--no-overlap-collectives" not in str(e.value)  # one device: no collectives to stop overlapping
+    assert not any((workdir / "checkpoints").glob("*"))
+
+    # on a multi-device mesh the scheduler's overlap is named as a way to fit
+    memory = types.SimpleNamespace(argument_size_in_bytes=3 << 30, output_size_in_bytes=1 << 30,
+                                   alias_size_in_bytes=1 << 30, temp_size_in_bytes=40 << 30)
+    compiled = types.SimpleNamespace(memory_analysis=lambda: memory)
+    with pytest.raises(ValueError, match=r"needs 43\.0 GiB per device and JAX's allocator has 40\.0 GiB.*"
+                                         r"--no-overlap-collectives"):
+        real_check(compiled, micro_train_config(), 8, 40 << 30)
+    real_check(compiled, micro_train_config(overlap_collectives=False), 8, 43 << 30)
+    with pytest.raises(ValueError) as e:
+        real_check(compiled, micro_train_config(overlap_collectives=False), 8, 42 << 30)
+    assert "--no-overlap-collectives" not in str(e.value)

@@ -29,14 +29,16 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mosaic_jax.config import ModelConfig
+from mosaic_jax.deviceless import CompiledMemory
 from mosaic_jax.training import distributed
 from mosaic_jax.training import sharding as shd
 from mosaic_jax.training.checkpointing import Checkpointer, abstract_with_shardings
 from mosaic_jax.training.config import TrainConfig
 from mosaic_jax.training.loss import residual_channel_scale
-from mosaic_jax.training.metrics import Throughput, Writer, format_postfix, memory_summary, peak_flops_per_device
+from mosaic_jax.training.metrics import Throughput, Writer, device_memory_limit, format_postfix, memory_summary, \
+    peak_flops_per_device
 from mosaic_jax.training.train_step import BATCH_KEYS, abstract_batch, build_step_fns, fresh_state, init_state, \
-    jit_eval_step, jit_train_step, train_step_flops
+    jit_eval_step, jit_train_step, train_step_compiler_options, train_step_flops
 
 STATS_FILE = "stats.npz"
 MODEL_DIR = "model"
@@ -122,6 +124,26 @@ def _check_resume_compatible(meta: dict[str, Any], cfg: ModelConfig) -> None:
     saved = meta.get("model_config")
     if saved is not None and ModelConfig.from_dict(saved) != cfg:
         raise ValueError("the workdir's checkpoint was trained with a different model config; use another --workdir")
+
+
+def check_step_fits(compiled: Any, tc: TrainConfig, num_devices: int, limit: int | None) -> None:
+    """Raise ValueError before the first step where the compiled step's buffers (XLA's
+    assignment per device) exceed the allocator's ``limit``: it would fail there anyway, with
+    an out-of-memory error that names neither the batch nor the ways to fit it."""
+    if limit is None:
+        return
+    need = CompiledMemory.of(compiled).total
+    if need <= limit:
+        return
+    ways = [f"a smaller --batch-size (now {tc.batch_size})"]
+    if tc.overlap_collectives and num_devices > 1:
+        ways.append("--no-overlap-collectives (XLA's latency-hiding scheduler keeps more activations live; "
+                    "docs/training.md)")
+    if not tc.remat:
+        ways.append("--remat")
+    ways.append("XLA_PYTHON_CLIENT_MEM_FRACTION above its default 0.75")
+    raise ValueError(f"the compiled train step needs {need / 2**30:.1f} GiB per device and JAX's allocator has "
+                     f"{limit / 2**30:.1f} GiB; to fit, try " + ", or ".join(ways))
 
 
 def save_final_model(path: Path, params: Any, cfg: ModelConfig, metadata: dict[str, Any]) -> None:
@@ -279,9 +301,11 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_path: str | Path,
     # ---- compile ahead of time ------------------------------------------------------------------
     t0 = time.perf_counter()
     step_fn = jit_train_step(fns, state_sh, batch_sh, rep)
-    compiled = step_fn.lower(abstract_state, abstract_batch(cfg, tc, tc.batch_size, batch_sh), static).compile()
+    compiled = step_fn.lower(abstract_state, abstract_batch(cfg, tc, tc.batch_size, batch_sh), static).compile(
+        train_step_compiler_options(tc))
     _say(f"compiled train step in {time.perf_counter() - t0:.1f} s on {mesh.devices.size} device(s) "
          f"{dict(mesh.shape)}: {memory_summary(compiled)}")
+    check_step_fits(compiled, tc, mesh.devices.size, device_memory_limit())
     peak = peak_flops_per_device(tc.peak_tflops)
     flops = None  # model FLOPs per device per step (no recomputation): MFU's numerator
     if peak is not None:  # counted only where an MFU can be reported (a known accelerator or --peak-tflops)

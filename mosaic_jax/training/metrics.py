@@ -37,6 +37,16 @@ def peak_flops_per_device(override_tflops: float | None = None) -> float | None:
     return None
 
 
+def device_memory_limit() -> int | None:
+    """Bytes JAX's allocator may hold on this process's first device (``XLA_PYTHON_CLIENT_MEM_FRACTION``
+    of a GPU's memory); None where the device reports no limit (CPU)."""
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - backends without memory stats
+        return None
+    return (stats or {}).get("bytes_limit")
+
+
 def memory_summary(compiled: Any) -> str:
     try:
         m = compiled.memory_analysis()

@@ -219,6 +219,12 @@ def jit_train_step(fns: StepFns, state_sharding: Any, batch_sharding: Any, stati
                    out_shardings=(state_sharding, metric_sharding), donate_argnums=(0,))
 
 
+def train_step_compiler_options(tc: TrainConfig) -> dict[str, bool]:
+    """XLA options for compiling the train step (``lowered.compile(...)``): every caller that
+    compiles it passes these, so a step measured ahead of time is the step that runs."""
+    return {} if tc.overlap_collectives else {"xla_gpu_enable_latency_hiding_scheduler": False}
+
+
 def lower_train_step(cfg: ModelConfig, tc: TrainConfig, mesh: Mesh) -> jax.stages.Lowered:
     """The jitted train step lowered for abstract state, batch and statics on ``mesh``: nothing
     is allocated. For compiling ahead of time (memory, cost analysis), also on compile-only
