@@ -91,8 +91,7 @@ def throughput(args: argparse.Namespace) -> None:
     from mosaic_jax.training import TrainConfig, make_mesh
     from mosaic_jax.training import sharding as shd
     from mosaic_jax.training.checkpointing import abstract_with_shardings
-    from mosaic_jax.deviceless import CompiledMemory
-    from mosaic_jax.training.metrics import device_memory_limit, peak_flops_per_device
+    from mosaic_jax.training.metrics import CompiledMemory, device_memory_limit, peak_flops_per_device
     from mosaic_jax.training.train_step import abstract_batch, build_step_fns, init_state, jit_train_step, \
         train_step_compiler_options, train_step_flops
 

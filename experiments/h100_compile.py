@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO / "experiments"))
 from common import NOT_OVERLAPPED, append_result  # noqa: E402
 
 from mosaic_jax import deviceless  # noqa: E402
+from mosaic_jax.training.metrics import CompiledMemory  # noqa: E402
 
 GIB = 2.0**30
 TARGET = deviceless.H100_SXM_80GB
@@ -66,7 +67,7 @@ def memory_row(compile_fn: Callable[[], Any], **keys: Any) -> dict:
     except Exception as e:  # noqa: BLE001 - a program that does not compile is a result here
         row = {**keys, "error": _error(e)}
     else:
-        m = deviceless.CompiledMemory.of(compiled)
+        m = CompiledMemory.of(compiled)
         row = {**keys, "compile_s": time.perf_counter() - t0, "bytes": m.total, "total": m.total / GIB,
                "args": m.argument / GIB, "temp": m.temp / GIB}
     print(row, flush=True)

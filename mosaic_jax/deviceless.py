@@ -183,25 +183,6 @@ def compile_only_devices(num_devices: int = 1, target: GpuTarget = H100_SXM_80GB
     return devices
 
 
-@dataclasses.dataclass(frozen=True)
-class CompiledMemory:
-    """XLA's buffer assignment for one device (bytes): what the program needs resident."""
-
-    argument: int
-    output: int
-    alias: int
-    temp: int
-
-    @property
-    def total(self) -> int:
-        return self.argument + self.output + self.temp - self.alias
-
-    @classmethod
-    def of(cls, compiled) -> CompiledMemory:
-        m = compiled.memory_analysis()
-        return cls(m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes, m.temp_size_in_bytes)
-
-
 # ----------------------------------------------------------------------------- Mosaic GPU kernel reports
 @dataclasses.dataclass(frozen=True)
 class KernelReport:

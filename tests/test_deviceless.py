@@ -12,6 +12,7 @@ import pytest
 
 from mosaic_jax import deviceless
 from mosaic_jax.training import make_mesh
+from mosaic_jax.training.metrics import CompiledMemory
 from mosaic_jax.training.testing import micro_config, micro_train_config
 from mosaic_jax.training.train_step import lower_train_step, train_step_compiler_options
 
@@ -66,7 +67,7 @@ def test_fsdp_train_step_on_eight_h100s_holds_an_eighth_of_the_state_per_device(
 
     one, state = compile_step(deviceless.compile_only_devices(1), 1)
     eight, _ = compile_step(deviceless.compile_only_devices(8), 8)
-    one_bytes, eight_bytes = (deviceless.CompiledMemory.of(c).argument for c in (one, eight))
+    one_bytes, eight_bytes = (CompiledMemory.of(c).argument for c in (one, eight))
     assert one_bytes >= state
     # the state is 1/8 per device (up to the leaves that do not divide by 8), and so is the batch
     assert eight_bytes < one_bytes / 4, (eight_bytes, one_bytes)

@@ -52,8 +52,8 @@ def test_a_step_too_large_for_the_device_stops_before_training_and_says_how_to_f
     one; here a fake limit one byte short of what the step needs)."""
     import types
 
-    from mosaic_jax.deviceless import CompiledMemory
     from mosaic_jax.training import loop
+    from mosaic_jax.training.metrics import CompiledMemory
     from mosaic_jax.training.testing import make_micro_store, micro_config, micro_train_config
 
     def check_with_a_limit_just_short(compiled, tc, num_devices, limit):

@@ -29,14 +29,13 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mosaic_jax.config import ModelConfig
-from mosaic_jax.deviceless import CompiledMemory
 from mosaic_jax.training import distributed
 from mosaic_jax.training import sharding as shd
 from mosaic_jax.training.checkpointing import Checkpointer, abstract_with_shardings
 from mosaic_jax.training.config import TrainConfig
 from mosaic_jax.training.loss import residual_channel_scale
-from mosaic_jax.training.metrics import Throughput, Writer, device_memory_limit, format_postfix, memory_summary, \
-    peak_flops_per_device
+from mosaic_jax.training.metrics import CompiledMemory, Throughput, Writer, device_memory_limit, format_postfix, \
+    memory_summary, peak_flops_per_device
 from mosaic_jax.training.train_step import BATCH_KEYS, abstract_batch, build_step_fns, fresh_state, init_state, \
     jit_eval_step, jit_train_step, train_step_compiler_options, train_step_flops
 

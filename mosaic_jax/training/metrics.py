@@ -10,6 +10,7 @@ a CPU there is no default and MFU is not reported.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,25 @@ def device_memory_limit() -> int | None:
     except Exception:  # noqa: BLE001 - backends without memory stats
         return None
     return (stats or {}).get("bytes_limit")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledMemory:
+    """XLA's buffer assignment for one device (bytes): what the program needs resident."""
+
+    argument: int
+    output: int
+    alias: int
+    temp: int
+
+    @property
+    def total(self) -> int:
+        return self.argument + self.output + self.temp - self.alias
+
+    @classmethod
+    def of(cls, compiled) -> CompiledMemory:
+        m = compiled.memory_analysis()
+        return cls(m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes, m.temp_size_in_bytes)
 
 
 def memory_summary(compiled: Any) -> str:

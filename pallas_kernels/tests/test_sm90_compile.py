@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mosaic_jax import deviceless
 from mosaic_jax.attention.api import BatchSharding, mosaic_attention
+from mosaic_jax.training.metrics import CompiledMemory
 from pallas_kernels.mosaic_attention import fused_kernel
 from pallas_kernels.mosaic_attention.config import PUBLISHED_STAGES, SelectionConfig, local_tile_size
 from pallas_kernels.mosaic_attention.selection_kernel import (
@@ -203,7 +204,7 @@ def test_whole_attention_gradient_compiles_and_its_memory_is_linear_in_the_input
                                     sparse_block_size=stage.sparse_block_size, top_k=stage.top_k, impl=impl).sum()
 
         compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(q, kv, kv, gates).lower().compile()
-        return deviceless.CompiledMemory.of(compiled).total
+        return CompiledMemory.of(compiled).total
 
     pallas = memory("pallas")
     assert pallas <= 4 * io_bytes, (pallas, io_bytes)
