@@ -17,9 +17,12 @@ from typing import Any
 
 import jax
 
-# dense bf16 peak TFLOP/s per device (vendor datasheets; SXM parts)
+# dense bf16 peak TFLOP/s per device (vendor datasheets), by a name in the device kind; a bare
+# name is the SXM part, and the PCIe / NVL parts of the H100 are slower
 PEAK_TFLOPS = {
     "H100": 989.4,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
     "H200": 989.4,
     "H800": 989.4,
     "GH200": 989.4,
@@ -29,13 +32,13 @@ PEAK_TFLOPS = {
 
 
 def peak_flops_per_device(override_tflops: float | None = None) -> float | None:
+    """The override, else the peak of the longest ``PEAK_TFLOPS`` name in the first device's
+    kind (so "NVIDIA H100 PCIe" is not taken for an SXM H100); None for unknown kinds (CPU)."""
     if override_tflops is not None:
         return override_tflops * 1e12
     kind = getattr(jax.devices()[0], "device_kind", "")
-    for name, tflops in PEAK_TFLOPS.items():
-        if name in kind:
-            return tflops * 1e12
-    return None
+    names = [name for name in PEAK_TFLOPS if name in kind]
+    return PEAK_TFLOPS[max(names, key=len)] * 1e12 if names else None
 
 
 def device_memory_limit() -> int | None:
