@@ -75,3 +75,21 @@ def test_bad_model_config_raises_naming_field():
     with pytest.raises(ValueError, match="bottleneck.sparse_block_count"):
         BottleneckConfig(nside=2, dim=128, num_heads=4, block_attn_size=16, sparse_block_size=4,
                          sparse_block_count=13, mlp_ratio=2.0, gqa_ratio=2)
+
+
+@pytest.mark.parametrize("device, runs", [
+    (dict(platform="cpu", device_kind="cpu"), "the xla reference (this process's device is a CPU)"),
+    (dict(platform="gpu", device_kind="NVIDIA H100 80GB HBM3", compute_capability="9.0"), "the Pallas kernels"),
+])
+def test_info_prints_the_published_count_and_what_auto_runs_here(capsys, monkeypatch, device, runs):
+    import types
+
+    import jax
+
+    from mosaic_jax.cli import main
+
+    monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(**device)])
+    assert main(["info", "--preset", "paper-era5"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters: 214184448" in out
+    assert f"x {device['device_kind']} ({device['platform']}); --attention-impl auto runs {runs}" in out

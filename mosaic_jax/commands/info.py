@@ -1,4 +1,5 @@
-"""``mosaic-jax info``: a configuration's shape and parameter count (no allocation)."""
+"""``mosaic-jax info``: a configuration's shape and parameter count (no allocation), and which
+attention implementation ``auto`` picks on this machine's devices."""
 
 from __future__ import annotations
 
@@ -43,4 +44,17 @@ def run(args: argparse.Namespace) -> int:
     for mod, n in by_module.items():
         print(f"    {mod:20s} {n:14,d}")
     print(f"parameters: {count_from_shapes(shapes)}")
+    print(devices_line())
     return 0
+
+
+def devices_line() -> str:
+    """This process's devices and what ``--attention-impl auto`` runs on them, with the reason."""
+    import jax
+
+    from mosaic_jax.attention import kernel_device_problem
+
+    dev = jax.devices()[0]
+    line = f"devices: {jax.device_count()} x {dev.device_kind} ({dev.platform}); --attention-impl auto runs "
+    problem = kernel_device_problem()
+    return line + ("the Pallas kernels" if problem is None else f"the xla reference ({problem})")
