@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_result  # noqa: E402
 
-from mosaic_jax.attention import default_impl  # noqa: E402
+from mosaic_jax.attention import default_impl, require_kernel_device  # noqa: E402
 from mosaic_jax.config import ATTENTION_IMPLS, get_config  # noqa: E402
 from mosaic_jax.forecast import peak_device_bytes  # noqa: E402
 from mosaic_jax.model import init_params  # noqa: E402
@@ -56,6 +56,7 @@ def main() -> None:
     if args.count_only:
         record_work(args, flops)
         return
+    require_kernel_device(args.attention_impl)
     dtype = jnp.dtype(args.dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32"))
     sampler = EnsembleSampler(cfg, dtype=dtype, attention_impl=args.attention_impl)
     params = init_params(cfg, jax.random.key(0))

@@ -86,6 +86,7 @@ def throughput(args: argparse.Namespace) -> None:
     import jax
     import numpy as np
 
+    from mosaic_jax.attention import require_kernel_device
     from mosaic_jax.config import count_from_shapes, get_config
     from mosaic_jax.model import param_shapes
     from mosaic_jax.training import TrainConfig, make_mesh
@@ -95,6 +96,7 @@ def throughput(args: argparse.Namespace) -> None:
     from mosaic_jax.training.train_step import abstract_batch, build_step_fns, init_state, jit_train_step, \
         train_step_compiler_options, train_step_flops
 
+    require_kernel_device(args.attention_impl)  # else its compile error would be recorded as a batch that fails
     cfg = get_config(args.preset)
     dev = jax.devices()[0]
     n_dev = jax.device_count()
