@@ -366,7 +366,8 @@ def main(argv=None) -> int:
         return 1 if bad else 0
 
     if problem := kernel_device_problem():
-        print(f"the kernels need a Hopper GPU: {problem}; use --dry-run or --interpret-smoke on the CPU", file=sys.stderr)
+        print(f"the kernels need a Hopper GPU: {problem}; use --dry-run or --interpret-smoke on the CPU",
+              file=sys.stderr)
         return 2
     dev = jax.devices()[0]
     meta = {"command": " ".join(["python", *sys.argv]), "device": f"{dev.device_kind} ({dev.platform})",

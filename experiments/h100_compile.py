@@ -227,7 +227,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     body = (f"`{args.preset}` train step ({n_params:,} parameters; AdamW with float32 master weights, "
             f"{args.dtype} compute, 2 members per initial condition, "
             f"{'no remat' if args.no_remat else 'per-block remat'}) compiled for {args.devices} H100(s), mesh "
-            f"fsdp={args.fsdp}{NOT_OVERLAPPED if args.no_overlap_collectives else ''}. Device memory is XLA's buffer assignment per device; 'fits' compares it with "
+            f"fsdp={args.fsdp}{NOT_OVERLAPPED if args.no_overlap_collectives else ''}. "
+            f"Device memory is XLA's buffer assignment per device; 'fits' compares it with "
             f"{budget / GIB:.1f} GiB (memory fraction {args.mem_fraction or 0.75:.2f} of {TARGET.memory_bytes / GIB:.1f} "
             f"GiB). Largest batch that fits: "
             + ", ".join(f"{k}: {v}" for k, v in largest.items()) + ". Throughput and MFU need the device "
@@ -329,7 +330,8 @@ def _roofline_program(args: argparse.Namespace):
                      attention_impl=impl, total_steps=1000, warmup_steps=10)
     mesh = make_mesh(-1, 1, 1, devices=deviceless.compile_only_devices(1, TARGET))
     model_flops = train_step_flops(cfg, dataclasses.replace(tc, remat=False))
-    return (lower_train_step(cfg, tc, mesh).compile(train_step_compiler_options(tc)), "initial condition", args.batch, model_flops,
+    compiled = lower_train_step(cfg, tc, mesh).compile(train_step_compiler_options(tc))
+    return (compiled, "initial condition", args.batch, model_flops,
             f"one train step of `{args.preset}` at batch {args.batch} (2 members per initial condition, "
             f"{args.dtype} compute, per-block remat, AdamW; attention `{impl}`)")
 
