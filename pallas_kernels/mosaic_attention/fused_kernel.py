@@ -30,13 +30,14 @@ from pallas_kernels.mosaic_attention.config import BLOCK_Q, DEFAULT_CONFIG, Sele
 from pallas_kernels.mosaic_attention.local_kernel import local_attention, local_indices
 from pallas_kernels.mosaic_attention.selection_kernel import (
     LOG2E,
+    _launch,
     _query_tile,
-    _register_split,
     _row_bcast,
     _softmax_state,
     _softmax_step,
     _stream_kv_blocks,
     _transforms,
+    _warp_specialized,
     selected_attention,
 )
 
@@ -67,7 +68,6 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
     tiles = g * bs // BLOCK_Q // wgs
     steps = min(config.max_concurrent_steps, total)
     scale_log2 = d**-0.5 * LOG2E
-    regs = _register_split(wgs)
 
     def mosaic_local_selected_fwd(idx_ref, q_ref, k_ref, v_ref, gates_ref, cmp_ref, o_ref,
                                   q_smem, p_smem, o_smem, gates_smem, cmp_smem, k_smem, v_smem,
@@ -77,10 +77,7 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
         qb = lax.axis_index("qb")
         wg = lax.axis_index("wg")
 
-        @pl.when(wg < wgs)
-        def _compute():
-            if regs:
-                plgpu.set_max_registers(regs[0], action="increase")
+        def compute():
             tok, head = _query_tile(lax.axis_index("tile") * wgs + wg, qb, h, g=g, bs=bs)
             rows = pl.ds(tok, BLOCK_Q)
             q_tile, p_tile = q_smem.at[wg], p_smem.at[wg]
@@ -107,12 +104,11 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
             plgpu.copy_smem_to_gmem(o_smem.at[wg], o_ref.at[bi, rows, head])
             plgpu.wait_smem_to_gmem(0)
 
-        @pl.when(wg == wgs)
-        def _memory():
-            if regs:
-                plgpu.set_max_registers(regs[1], action="decrease")
+        def memory():
             _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
                               block_size=bs, steps=steps, num_blocks=total)
+
+        _warp_specialized(wg, wgs, compute, memory)
 
     t16 = _transforms()
     out_dtype = jnp.dtype(out_dtype)
@@ -131,16 +127,9 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
     )
-    return plgpu.kernel(
-        mosaic_local_selected_fwd,
-        out_type=jax.ShapeDtypeStruct((b, n, hq, d), out_dtype),
-        scratch_types=scratch,
-        grid=(nb, tiles, hk, b),
-        grid_names=("qb", "tile", "h", "b"),
-        num_threads=wgs + 1,
-        thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
-    )(indices, q, k, v, gates, o_cmp)
+    out_type = jax.ShapeDtypeStruct((b, n, hq, d), out_dtype)
+    return _launch(mosaic_local_selected_fwd, out_type=out_type, scratch=scratch, grid=(nb, tiles, hk, b),
+                   block_axis="qb", wgs=wgs)(indices, q, k, v, gates, o_cmp)
 
 
 # --------------------------------------------------------------------------- with its VJP

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +84,42 @@ def _query_tile(t, qb, h, *, g: int, bs: int):
 def _register_split(num_compute_wgs: int):
     """setmaxnreg budgets (compute, memory) for the warp-specialized CTA, or None."""
     return (232, 40) if num_compute_wgs == 2 else None
+
+
+def _warp_specialized(wg, wgs: int, compute: Callable[[], None], memory: Callable[[], None]) -> None:
+    """Run ``compute`` on warpgroups ``0..wgs-1`` and ``memory`` on warpgroup ``wgs``.
+
+    Every kernel here has this shape. With two compute warpgroups, registers move from the
+    memory warpgroup (which only issues TMA copies) to the compute ones (setmaxnreg).
+    """
+    regs = _register_split(wgs)
+
+    @pl.when(wg < wgs)
+    def _compute():
+        if regs:
+            plgpu.set_max_registers(regs[0], action="increase")
+        compute()
+
+    @pl.when(wg == wgs)
+    def _memory():
+        if regs:
+            plgpu.set_max_registers(regs[1], action="decrease")
+        memory()
+
+
+def _launch(body, *, out_type, scratch, grid: tuple[int, int, int, int], block_axis: str, wgs: int):
+    """``plgpu.kernel`` over the grid (block, tile, kv head, batch) with ``wgs`` compute warpgroups
+    and the memory one; ``block_axis`` names the grid's first axis (query or kv block)."""
+    return plgpu.kernel(
+        body,
+        out_type=out_type,
+        scratch_types=scratch,
+        grid=grid,
+        grid_names=(block_axis, "tile", "h", "b"),
+        num_threads=wgs + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+    )
 
 
 def _drain(free_a, free_b, num_steps, steps: int) -> None:
@@ -184,7 +221,6 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
     tiles = g * bs // BLOCK_Q // wgs
     steps = min(config.max_concurrent_steps, top_k)
     scale_log2 = d**-0.5 * LOG2E
-    regs = _register_split(wgs)
 
     def mosaic_selection_fwd(idx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
                q_smem, p_smem, o_smem, lse_smem, k_smem, v_smem,
@@ -194,10 +230,7 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
         qb = lax.axis_index("qb")
         wg = lax.axis_index("wg")
 
-        @pl.when(wg < wgs)
-        def _compute():
-            if regs:
-                plgpu.set_max_registers(regs[0], action="increase")
+        def compute():
             tok, head = _query_tile(lax.axis_index("tile") * wgs + wg, qb, h, g=g, bs=bs)
             q_tile, p_tile = q_smem.at[wg], p_smem.at[wg]
             plgpu.copy_gmem_to_smem(q_ref.at[bi, pl.ds(tok, BLOCK_Q), head], q_tile, q_bar.at[wg])
@@ -213,12 +246,11 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
             plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[bi, head, pl.ds(tok, BLOCK_Q)])
             plgpu.wait_smem_to_gmem(0)
 
-        @pl.when(wg == wgs)
-        def _memory():
-            if regs:
-                plgpu.set_max_registers(regs[1], action="decrease")
+        def memory():
             _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
                               block_size=bs, steps=steps, num_blocks=top_k)
+
+        _warp_specialized(wg, wgs, compute, memory)
 
     t16 = _transforms()
     scratch = (
@@ -234,18 +266,9 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
     )
-    o, lse = plgpu.kernel(
-        mosaic_selection_fwd,
-        out_type=(jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32),
-                  jax.ShapeDtypeStruct((b, hq, n), jnp.float32)),
-        scratch_types=scratch,
-        grid=(nb, tiles, hk, b),
-        grid_names=("qb", "tile", "h", "b"),
-        num_threads=wgs + 1,
-        thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
-    )(indices, q, k, v)
-    return o, lse
+    out_type = (jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32), jax.ShapeDtypeStruct((b, hq, n), jnp.float32))
+    return _launch(mosaic_selection_fwd, out_type=out_type, scratch=scratch, grid=(nb, tiles, hk, b), block_axis="qb",
+                   wgs=wgs)(indices, q, k, v)
 
 
 # --------------------------------------------------------------------------- backward
@@ -287,7 +310,6 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
     tiles = g * bs // BLOCK_Q // wgs
     steps = min(config.max_concurrent_steps, top_k)
     scale = d**-0.5
-    regs = _register_split(wgs)
 
     def mosaic_selection_bwd_dq(idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref,
                q_smem, do_smem, ds_smem, dq_smem, lse_smem, delta_smem, k_smem, v_smem,
@@ -297,10 +319,7 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
         qb = lax.axis_index("qb")
         wg = lax.axis_index("wg")
 
-        @pl.when(wg < wgs)
-        def _compute():
-            if regs:
-                plgpu.set_max_registers(regs[0], action="increase")
+        def compute():
             tok, head = _query_tile(lax.axis_index("tile") * wgs + wg, qb, h, g=g, bs=bs)
             rows = pl.ds(tok, BLOCK_Q)
             q_tile, do_tile, ds_tile = q_smem.at[wg], do_smem.at[wg], ds_smem.at[wg]
@@ -334,12 +353,11 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
             plgpu.copy_smem_to_gmem(dq_smem.at[wg], dq_ref.at[bi, rows, head])
             plgpu.wait_smem_to_gmem(0)
 
-        @pl.when(wg == wgs)
-        def _memory():
-            if regs:
-                plgpu.set_max_registers(regs[1], action="decrease")
+        def memory():
             _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
                               block_size=bs, steps=steps, num_blocks=top_k)
+
+        _warp_specialized(wg, wgs, compute, memory)
 
     t16 = _transforms()
     scratch = (
@@ -357,16 +375,9 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
     )
-    return plgpu.kernel(
-        mosaic_selection_bwd_dq,
-        out_type=jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32),
-        scratch_types=scratch,
-        grid=(nb, tiles, hk, b),
-        grid_names=("qb", "tile", "h", "b"),
-        num_threads=wgs + 1,
-        thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
-    )(indices, q, k, v, do, lse, delta)
+    dq_type = jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32)
+    return _launch(mosaic_selection_bwd_dq, out_type=dq_type, scratch=scratch, grid=(nb, tiles, hk, b), block_axis="qb",
+                   wgs=wgs)(indices, q, k, v, do, lse, delta)
 
 
 def selection_backward_dkv(q, k, v, do, lse, delta, indices, *, block_size: int,
@@ -387,7 +398,6 @@ def selection_backward_dkv(q, k, v, do, lse, delta, indices, *, block_size: int,
     steps = config.max_concurrent_steps
     scale = d**-0.5
     dtype = q.dtype
-    regs = _register_split(wgs)
     inv_qb, offsets = invert_selection(indices, nb)
 
     def mosaic_selection_bwd_dkv(inv_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
@@ -400,10 +410,7 @@ def selection_backward_dkv(q, k, v, do, lse, delta, indices, *, block_size: int,
         start = off_ref[bi, h, kb]
         total = (off_ref[bi, h, kb + 1] - start) * g  # pipeline steps: (query block, head) pairs
 
-        @pl.when(wg < wgs)
-        def _compute():
-            if regs:
-                plgpu.set_max_registers(regs[0], action="increase")
+        def compute():
             rows = pl.ds(kb * bs + (lax.axis_index("tile") * wgs + wg) * BLOCK_Q, BLOCK_Q)
             k_tile, v_tile, st_tile = k_smem.at[wg], v_smem.at[wg], st_smem.at[wg]
             plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, h], k_tile, kv_bar.at[wg, 0])
@@ -440,11 +447,7 @@ def selection_backward_dkv(q, k, v, do, lse, delta, indices, *, block_size: int,
             plgpu.copy_smem_to_gmem(dv_smem.at[wg], dv_ref.at[bi, rows, h])
             plgpu.wait_smem_to_gmem(0)
 
-        @pl.when(wg == wgs)
-        def _memory():
-            if regs:
-                plgpu.set_max_registers(regs[1], action="decrease")
-
+        def memory():
             def issue(j, slot, wait_free):
                 qb = inv_ref[bi, h, start + lax.div(j, jnp.int32(g))]
                 head = h * g + lax.rem(j, jnp.int32(g))
@@ -467,6 +470,8 @@ def selection_backward_dkv(q, k, v, do, lse, delta, indices, *, block_size: int,
 
             _drain(q_free, do_free, total, steps)
 
+        _warp_specialized(wg, wgs, compute, memory)
+
     t16 = _transforms()
     scratch = (
         plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # k rows of this CTA
@@ -485,17 +490,8 @@ def selection_backward_dkv(q, k, v, do, lse, delta, indices, *, block_size: int,
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
     )
     kv_shape = jax.ShapeDtypeStruct((b, n, hk, d), jnp.float32)
-    return plgpu.kernel(
-        mosaic_selection_bwd_dkv,
-        out_type=(kv_shape, kv_shape),
-        scratch_types=scratch,
-        grid=(nb, kv_tiles, hk, b),
-        grid_names=("kb", "tile", "h", "b"),
-        num_threads=wgs + 1,
-        thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
-    )(inv_qb, offsets, q, k, v, do, lse, delta)
-
+    return _launch(mosaic_selection_bwd_dkv, out_type=(kv_shape, kv_shape), scratch=scratch,
+                   grid=(nb, kv_tiles, hk, b), block_axis="kb", wgs=wgs)(inv_qb, offsets, q, k, v, do, lse, delta)
 
 
 # --------------------------------------------------------------------------- custom VJP
