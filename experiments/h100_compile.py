@@ -7,6 +7,8 @@ are no timings: those come from ``bench_attention.py``, ``bench_train.py`` and
 
     # each Mosaic GPU kernel at the published shapes: registers, spills, SMEM  -> attention.md
     python experiments/h100_compile.py kernels
+    # a hash of each kernel's lowered Mosaic GPU module: equal before and after a refactor = same GPU code
+    python experiments/h100_compile.py fingerprint
     # paper-era5 train step (2 members, bf16, remat): device memory per batch size -> train.md
     python experiments/h100_compile.py train --batch-sizes 1 2 4 8 16 --attention-impl pallas
     # ensemble forecast step: device memory per member chunk -> forecast.md
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -85,8 +89,24 @@ MEMORY_HEADER = "compile s | device memory GiB | of which arguments | temporarie
 
 
 # ----------------------------------------------------------------------------- kernels
-def kernel_rows(stages, wgs_options) -> list[dict]:
-    """Compile every kernel (selected and local branch; forward, dq, dk/dv) at each stage shape."""
+@dataclasses.dataclass(frozen=True)
+class KernelCase:
+    """One Mosaic GPU kernel at one stage's shapes: ``fn(*args)`` launches exactly it."""
+
+    stage: str
+    branch: str
+    kernel: str
+    wgs: int
+    fn: Callable
+    args: tuple
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage} | {self.branch} | {self.kernel} | wgs {self.wgs}"
+
+
+def kernel_cases(stages, wgs_options) -> list[KernelCase]:
+    """Every kernel (selected and local branch; forward, dq, dk/dv; fused forward) at each stage shape."""
     from pallas_kernels.mosaic_attention import fused_kernel
     from pallas_kernels.mosaic_attention.config import SelectionConfig, local_tile_size
     from pallas_kernels.mosaic_attention.selection_kernel import (
@@ -95,7 +115,7 @@ def kernel_rows(stages, wgs_options) -> list[dict]:
         selection_forward,
     )
 
-    rows = []
+    cases = []
     s = jax.ShapeDtypeStruct
     for stage in stages:
         q = s((1, stage.tokens, stage.q_heads, stage.head_dim), jnp.bfloat16)
@@ -127,17 +147,46 @@ def kernel_rows(stages, wgs_options) -> list[dict]:
                                     (q, kv, kv, table, gates, o_cmp)))
                 for name, fn, args in kernels:
                     label = "local+selected" if name.startswith("fused") else branch
-                    t0 = time.perf_counter()
-                    try:
-                        r = deviceless.compile_kernel(fn, *args, target=TARGET)
-                        row = {"stage": stage.name, "branch": label, "kernel": name, "wgs": wgs,
-                               "registers": r.registers, "spill": f"{r.spill_store_bytes} / {r.spill_load_bytes}",
-                               "smem_kib": r.smem_bytes / 1024, "barriers": r.named_barriers,
-                               "compile_s": time.perf_counter() - t0}
-                    except Exception as e:  # noqa: BLE001 - a kernel that does not compile is a result
-                        row = {"stage": stage.name, "branch": label, "kernel": name, "wgs": wgs, "error": _error(e)}
-                    print(row, flush=True)
-                    rows.append(row)
+                    cases.append(KernelCase(stage.name, label, name, wgs, fn, args))
+    return cases
+
+
+def gated_mlp_cases(stages) -> list[KernelCase]:
+    """The cSwiGLU kernels at each stage's width (hidden = 4 dim): the gated up-projection for 24
+    forecast members, the gate's backward for 12 training sequences (6 initial conditions x 2)."""
+    from pallas_kernels.gated_mlp import DEFAULT_CONFIG, gate_backward, gated_up_projection_forward
+
+    s = jax.ShapeDtypeStruct
+    cases = []
+    for stage in stages:
+        dim = stage.q_heads * stage.head_dim
+        hidden = 4 * dim
+        act = s((12, stage.tokens, hidden), jnp.bfloat16)
+        cases += [
+            KernelCase(stage.name, "cSwiGLU", "up-projection", DEFAULT_CONFIG.num_compute_wgs,
+                       gated_up_projection_forward, (s((24, stage.tokens, dim), jnp.bfloat16),
+                                                     s((dim, 2 * hidden), jnp.bfloat16), s((24, hidden), jnp.float32))),
+            KernelCase(stage.name, "cSwiGLU", "gate backward", 1, lambda a, b, dh, bias: gate_backward(a, b, dh, bias),
+                       (act, act, act, s((12, hidden), jnp.float32))),
+        ]
+    return cases
+
+
+def kernel_rows(stages, wgs_options) -> list[dict]:
+    """Compile every kernel of ``kernel_cases``: registers, spills, SMEM, named barriers."""
+    rows = []
+    for case in kernel_cases(stages, wgs_options):
+        keys = {"stage": case.stage, "branch": case.branch, "kernel": case.kernel, "wgs": case.wgs}
+        t0 = time.perf_counter()
+        try:
+            r = deviceless.compile_kernel(case.fn, *case.args, target=TARGET)
+            row = {**keys, "registers": r.registers, "spill": f"{r.spill_store_bytes} / {r.spill_load_bytes}",
+                   "smem_kib": r.smem_bytes / 1024, "barriers": r.named_barriers,
+                   "compile_s": time.perf_counter() - t0}
+        except Exception as e:  # noqa: BLE001 - a kernel that does not compile is a result
+            row = {**keys, "error": _error(e)}
+        print(row, flush=True)
+        rows.append(row)
     return rows
 
 
@@ -191,6 +240,25 @@ def cmd_kernels(args: argparse.Namespace) -> None:
     if not args.no_record:
         print("->", append_result("attention", "Kernels compiled for the H100 without a GPU", body,
                                   device=_device_line()))
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> None:
+    """A hash of each kernel's Mosaic GPU module (lowered, not compiled; no source locations).
+
+    Run before and after changing a kernel's Python: where every hash is equal, the GPU code is
+    unchanged, which a machine without a GPU can show. Records nothing.
+    """
+    from pallas_kernels.mosaic_attention.config import PUBLISHED_STAGES
+
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+    for case in kernel_cases(PUBLISHED_STAGES, args.wgs) + gated_mlp_cases(PUBLISHED_STAGES):
+        for text in deviceless.kernel_modules(case.fn, *case.args, target=TARGET):
+            module = re.search(r"module @(\w+)", text).group(1)
+            print(f"{hashlib.sha256(text.encode()).hexdigest()[:16]}  {case.label} | {module}", flush=True)
+            if args.save:
+                name = re.sub(r"[^a-z0-9]+", "-", f"{case.label} {module}".lower()).strip("-")
+                (args.save / f"{name}.mlir").write_text(text)
 
 
 # ----------------------------------------------------------------------------- train step
@@ -414,6 +482,9 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     k = sub.add_parser("kernels", help="every Mosaic GPU kernel at the published shapes")
     k.add_argument("--wgs", type=int, nargs="+", default=[2, 1], help="compute warpgroups per CTA to compile")
+    fp = sub.add_parser("fingerprint", help="a hash of every kernel's lowered module: is a kernel change a no-op?")
+    fp.add_argument("--wgs", type=int, nargs="+", default=[2, 1], help="compute warpgroups per CTA to lower")
+    fp.add_argument("--save", type=Path, default=None, help="also write each module's text here, to diff")
     t = sub.add_parser("train", help="train-step device memory per batch size")
     t.add_argument("--preset", default="paper-era5")
     t.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
@@ -449,7 +520,9 @@ def main(argv=None) -> int:
     if reason:
         print(f"cannot compile for the H100 here: {reason}", file=sys.stderr)
         return 2
-    {"kernels": cmd_kernels, "train": cmd_train, "forecast": cmd_forecast, "roofline": cmd_roofline}[args.cmd](args)
+    commands = {"kernels": cmd_kernels, "fingerprint": cmd_fingerprint, "train": cmd_train,
+                "forecast": cmd_forecast, "roofline": cmd_roofline}
+    commands[args.cmd](args)
     return 0
 
 

@@ -281,3 +281,45 @@ def compile_kernel(fn: Callable, *abstract_args: jax.ShapeDtypeStruct,
     if len(reports) > 1:
         raise ValueError(f"compile_kernel expects one Mosaic GPU kernel in fn, the compiler reported {len(reports)}")
     return reports[0]
+
+
+def _custom_calls(op) -> Iterator:
+    """Every ``stablehlo.custom_call`` inside ``op``, in program order."""
+    for region in op.regions:
+        for block in region.blocks:
+            for inner in block.operations:
+                if inner.operation.name == "stablehlo.custom_call":
+                    yield inner.operation
+                yield from _custom_calls(inner.operation)
+
+
+def kernel_modules(fn: Callable, *abstract_args: jax.ShapeDtypeStruct,
+                   target: GpuTarget = H100_SXM_80GB) -> list[str]:
+    """The Mosaic GPU module of each kernel ``fn`` launches, lowered for ``target``, as MLIR text
+    without source locations.
+
+    Two versions of a kernel's Python that give the same text give the same GPU code, so a
+    refactor of a kernel can be shown to change nothing on a machine with no GPU (and no
+    compile: this only lowers). The text names the kernel (``module @<body function name>``) and
+    does not depend on what else this process lowered.
+    """
+    from jax._src.lib.mlir import ir
+
+    device = compile_only_devices(1, target)[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding) for a in abstract_args]
+    program = jax.jit(fn).trace(*args).lower().compiler_ir("stablehlo")
+    texts = []
+    with program.context as context:
+        context.allow_unregistered_dialects = True
+        for call in _custom_calls(program.operation):
+            if ir.StringAttr(call.attributes["call_target_name"]).value.startswith("mosaic_gpu"):
+                serialized = ir.DictAttr(call.attributes["mhlo.backend_config"])["module"]
+                module = ir.Module.parse(ir.StringAttr(serialized).value_bytes)
+                # A per-process counter (the n-th kernel lowered here), not part of the kernel.
+                if "mosaic_gpu.dump_basename" in module.operation.attributes:
+                    del module.operation.attributes["mosaic_gpu.dump_basename"]
+                texts.append(module.operation.get_asm(enable_debug_info=False))
+    if not texts:
+        raise ValueError("fn launches no Mosaic GPU kernel")
+    return texts

@@ -83,3 +83,35 @@ def test_overlap_collectives_off_reaches_xla():
     text = lowered.compile(train_step_compiler_options(tc)).as_text()
     assert " all-gather(" in text  # the collectives are there, not overlapped
     assert _async_collectives(text) == 0
+
+
+@needs_compiler
+def test_kernel_modules_name_each_kernel_and_depend_only_on_its_code():
+    """``kernel_modules`` (behind ``h100_compile.py fingerprint``) gives one text per kernel, names
+    it, carries no source locations, does not change with what the process lowered before, and
+    does change when the kernel's code does (here: one compute warpgroup instead of two)."""
+    import jax.numpy as jnp
+
+    from pallas_kernels.mosaic_attention.config import SelectionConfig
+    from pallas_kernels.mosaic_attention.selection_kernel import selected_attention, selection_forward
+
+    s = jax.ShapeDtypeStruct
+    q, kv = s((1, 512, 4, 64), jnp.bfloat16), s((1, 512, 2, 64), jnp.bfloat16)
+    idx = s((1, 2, 4, 2), jnp.int32)
+
+    def forward(wgs):
+        config = SelectionConfig(num_compute_wgs=wgs)
+        return deviceless.kernel_modules(
+            lambda q, k, v, i: selection_forward(q, k, v, i, block_size=128, config=config), q, kv, kv, idx)
+
+    (two,) = forward(2)
+    grads = deviceless.kernel_modules(
+        jax.grad(lambda q, k, v, i: selected_attention(q, k, v, i, 128).sum(), argnums=(0, 1, 2)), q, kv, kv, idx)
+    assert [re.search(r"module @(\w+)", t).group(1) for t in grads] == [
+        "mosaic_selection_fwd", "mosaic_selection_bwd_dq", "mosaic_selection_bwd_dkv"]
+    (one,) = forward(1)
+    assert forward(2) == [two]
+    assert one != two
+    assert "loc(" not in two and "dump_basename" not in two
+    with pytest.raises(ValueError, match="no Mosaic GPU kernel"):
+        deviceless.kernel_modules(lambda x: x * 2, s((4,), jnp.float32))
