@@ -166,7 +166,7 @@ def gated_mlp_cases(stages) -> list[KernelCase]:
             KernelCase(stage.name, "cSwiGLU", "up-projection", DEFAULT_CONFIG.num_compute_wgs,
                        gated_up_projection_forward, (s((24, stage.tokens, dim), jnp.bfloat16),
                                                      s((dim, 2 * hidden), jnp.bfloat16), s((24, hidden), jnp.float32))),
-            KernelCase(stage.name, "cSwiGLU", "gate backward", 1, lambda a, b, dh, bias: gate_backward(a, b, dh, bias),
+            KernelCase(stage.name, "cSwiGLU", "gate backward", 1, gate_backward,
                        (act, act, act, s((12, hidden), jnp.float32))),
         ]
     return cases

@@ -252,6 +252,12 @@ def _captured_output() -> Iterator[Callable[[], str]]:
 _DUMP_FLAGS = ("MOSAIC_GPU_DUMP_PTXAS", "MOSAIC_GPU_DUMP_RESOURCES")
 
 
+def _on_one_device(abstract_args, target: GpuTarget) -> list[jax.ShapeDtypeStruct]:
+    """``abstract_args`` placed on one compile-only ``target`` device."""
+    sharding = jax.sharding.SingleDeviceSharding(compile_only_devices(1, target)[0])
+    return [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding) for a in abstract_args]
+
+
 def compile_kernel(fn: Callable, *abstract_args: jax.ShapeDtypeStruct,
                    target: GpuTarget = H100_SXM_80GB) -> KernelReport:
     """Compile ``fn`` (which must launch exactly one Mosaic GPU kernel) for ``target``; its report.
@@ -260,9 +266,7 @@ def compile_kernel(fn: Callable, *abstract_args: jax.ShapeDtypeStruct,
     kernel already compiled in this process (same hash) is not compiled again and gets no
     report, so each call should compile a kernel with new shapes or parameters.
     """
-    device = compile_only_devices(1, target)[0]
-    sharding = jax.sharding.SingleDeviceSharding(device)
-    args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding) for a in abstract_args]
+    args = _on_one_device(abstract_args, target)
     previous = {k: os.environ.get(k) for k in _DUMP_FLAGS}
     os.environ.update({k: "1" for k in _DUMP_FLAGS})
     try:
@@ -305,9 +309,7 @@ def kernel_modules(fn: Callable, *abstract_args: jax.ShapeDtypeStruct,
     """
     from jax._src.lib.mlir import ir
 
-    device = compile_only_devices(1, target)[0]
-    sharding = jax.sharding.SingleDeviceSharding(device)
-    args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding) for a in abstract_args]
+    args = _on_one_device(abstract_args, target)
     program = jax.jit(fn).trace(*args).lower().compiler_ir("stablehlo")
     texts = []
     with program.context as context:
