@@ -31,6 +31,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.hopper import warp_specialized, wgmma_operand_transforms
+
 ROWS_PER_WG = 64  # the wgmma M tile
 SUPPORTED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
@@ -88,7 +90,7 @@ def gated_up_projection_forward(x: jax.Array, w13: jax.Array, bias: jax.Array,
     # Release a ring slot one step late, once the wgmmas that read it have retired, so the
     # tensor cores never wait for their own previous step (needs a second slot to run into).
     delay_release = steps > 1
-    transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    transforms = wgmma_operand_transforms()
 
     def mosaic_gated_up_projection(x_ref, w_ref, bias_ref, h_ref,
                                    x_smem, w1_smem, w3_smem, h_smem, bias_smem,
@@ -98,10 +100,7 @@ def gated_up_projection_forward(x: jax.Array, w13: jax.Array, bias: jax.Array,
         row = lax.axis_index("m") * bm
         wg = lax.axis_index("wg")
 
-        @pl.when(wg < wgs)
-        def _compute():
-            if wgs == 2:
-                plgpu.set_max_registers(232, action="increase")
+        def compute():
             plgpu.copy_gmem_to_smem(bias_ref.at[bi, pl.ds(col, bn)], bias_smem.at[wg], bias_bar.at[wg])
             rows = pl.ds(wg * ROWS_PER_WG, ROWS_PER_WG)
 
@@ -139,11 +138,7 @@ def gated_up_projection_forward(x: jax.Array, w13: jax.Array, bias: jax.Array,
                                                               pl.ds(col, bn)])
             plgpu.wait_smem_to_gmem(0)
 
-        @pl.when(wg == wgs)
-        def _memory():
-            if wgs == 2:
-                plgpu.set_max_registers(40, action="decrease")
-
+        def memory():
             def issue(j, slot):
                 ks = pl.ds(j * bk, bk)
                 plgpu.copy_gmem_to_smem(x_ref.at[bi, pl.ds(row, bm), ks], x_smem.at[slot], load_bar.at[slot])
@@ -163,6 +158,8 @@ def gated_up_projection_forward(x: jax.Array, w13: jax.Array, bias: jax.Array,
             for i in range(steps):
                 step = k_steps - steps + i
                 plgpu.barrier_wait(free_bar.at[step % steps])
+
+        warp_specialized(wg, wgs, compute, memory)
 
     scratch = (
         plgpu.SMEM((steps, bm, bk), dtype, transforms=transforms),  # x ring

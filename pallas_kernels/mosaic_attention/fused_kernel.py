@@ -26,6 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.hopper import warp_specialized, wgmma_operand_transforms
 from pallas_kernels.mosaic_attention.config import BLOCK_Q, DEFAULT_CONFIG, SelectionConfig, local_tile_size
 from pallas_kernels.mosaic_attention.local_kernel import local_attention, local_indices
 from pallas_kernels.mosaic_attention.selection_kernel import (
@@ -36,8 +37,6 @@ from pallas_kernels.mosaic_attention.selection_kernel import (
     _softmax_state,
     _softmax_step,
     _stream_kv_blocks,
-    _transforms,
-    _warp_specialized,
     selected_attention,
 )
 
@@ -108,9 +107,9 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
             _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
                               block_size=bs, steps=steps, num_blocks=total)
 
-        _warp_specialized(wg, wgs, compute, memory)
+        warp_specialized(wg, wgs, compute, memory)
 
-    t16 = _transforms()
+    t16 = wgmma_operand_transforms()
     out_dtype = jnp.dtype(out_dtype)
     out_transforms = t16 if out_dtype.itemsize == 2 else ()
     scratch = (

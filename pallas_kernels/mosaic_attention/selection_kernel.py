@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -44,15 +43,11 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.hopper import warp_specialized, wgmma_operand_transforms
 from pallas_kernels.mosaic_attention.config import BLOCK_Q, DEFAULT_CONFIG, SelectionConfig
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
-
-
-def _transforms():
-    """SMEM layout of every 16-bit wgmma operand: (8, 64) tiles, 128-byte swizzle."""
-    return (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
 
 
 def _matmul(a_ref, b_ref, shape) -> jax.Array:
@@ -79,32 +74,6 @@ def _query_tile(t, qb, h, *, g: int, bs: int):
     head = h * g + lax.div(row0, jnp.int32(bs))
     tok = qb * bs + lax.rem(row0, jnp.int32(bs))
     return tok, head
-
-
-def _register_split(num_compute_wgs: int):
-    """setmaxnreg budgets (compute, memory) for the warp-specialized CTA, or None."""
-    return (232, 40) if num_compute_wgs == 2 else None
-
-
-def _warp_specialized(wg, wgs: int, compute: Callable[[], None], memory: Callable[[], None]) -> None:
-    """Run ``compute`` on warpgroups ``0..wgs-1`` and ``memory`` on warpgroup ``wgs``.
-
-    Every kernel here has this shape. With two compute warpgroups, registers move from the
-    memory warpgroup (which only issues TMA copies) to the compute ones (setmaxnreg).
-    """
-    regs = _register_split(wgs)
-
-    @pl.when(wg < wgs)
-    def _compute():
-        if regs:
-            plgpu.set_max_registers(regs[0], action="increase")
-        compute()
-
-    @pl.when(wg == wgs)
-    def _memory():
-        if regs:
-            plgpu.set_max_registers(regs[1], action="decrease")
-        memory()
 
 
 def _launch(body, *, out_type, scratch, grid: tuple[int, int, int, int], block_axis: str, wgs: int):
@@ -250,9 +219,9 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
             _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
                               block_size=bs, steps=steps, num_blocks=top_k)
 
-        _warp_specialized(wg, wgs, compute, memory)
+        warp_specialized(wg, wgs, compute, memory)
 
-    t16 = _transforms()
+    t16 = wgmma_operand_transforms()
     scratch = (
         plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # q tiles
         plgpu.SMEM((wgs, BLOCK_Q, bs), dtype, transforms=t16),  # P staged for the PV wgmma
@@ -357,9 +326,9 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
             _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
                               block_size=bs, steps=steps, num_blocks=top_k)
 
-        _warp_specialized(wg, wgs, compute, memory)
+        warp_specialized(wg, wgs, compute, memory)
 
-    t16 = _transforms()
+    t16 = wgmma_operand_transforms()
     scratch = (
         plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # q
         plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # do
@@ -470,9 +439,9 @@ def selection_backward_dkv(q, k, v, do, lse, delta, indices, *, block_size: int,
 
             _drain(q_free, do_free, total, steps)
 
-        _warp_specialized(wg, wgs, compute, memory)
+        warp_specialized(wg, wgs, compute, memory)
 
-    t16 = _transforms()
+    t16 = wgmma_operand_transforms()
     scratch = (
         plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # k rows of this CTA
         plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # v rows
