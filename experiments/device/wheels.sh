@@ -7,13 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
-pins() { grep -E "^\s+($1)==" setup.cfg | tr -d ' '; }
+pins() { grep -E "^($1)==" constraints.txt; }  # the versions `make test` passed with
 rm -rf .whl && mkdir .whl
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-  $(pins 'healpy|numcodecs|flax|optax|orbax-checkpoint|chex') \
-  "astropy==$("$PY" -m pip show astropy | awk '/^Version/{print $2}')" \
-  "astropy-iers-data==$("$PY" -m pip show astropy-iers-data | awk '/^Version/{print $2}')" \
-  "pyerfa==$("$PY" -m pip show pyerfa | awk '/^Version/{print $2}')" \
-  "google-crc32c==$("$PY" -m pip show google-crc32c | awk '/^Version/{print $2}')"
+  $(pins 'healpy|numcodecs|flax|optax|orbax-checkpoint|chex|astropy|astropy-iers-data|pyerfa|google-crc32c')
 ls .whl && du -sh .whl
