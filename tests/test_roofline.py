@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from mosaic_jax import roofline
-from pallas_kernels.mosaic_attention.flops import kernel_launch_flops, mosaic_flops
+from pallas_kernels.mosaic_attention.flops import exp_to_matmul_time, kernel_launch_flops, mosaic_flops
 
 
 def _costs(fn, *args, **kwargs) -> list[roofline.OpCost]:
@@ -160,3 +160,17 @@ ENTRY %main (x: f32[8,4], y: f32[8,4]) -> f32[8] {
     (cost,) = roofline.op_costs(hlo)
     assert roofline.module_path(cost.op_name) == "backward: interp_to_ll"
     assert cost.bytes == (2 * 8 * 4 + 8) * 4
+
+
+def test_exponentials_cost_as_much_as_the_forward_matmuls_at_head_dim_64():
+    """H100 SXM: 989.4 TFLOP/s dense bf16 against 3.87 T exp2/s (132 SMs x 16 x 1.83 GHz); a forward
+    score costs one exp2 and 4*d FLOPs, so at d = 64 the two take the same time."""
+    tensor, sfu = 989.4e12, 132 * 16 * 1.83e9
+    for d in (64, 128, 256):
+        assert exp_to_matmul_time("mosaic_selection_fwd", d) == pytest.approx((1 / sfu) / (4 * d / tensor), rel=1e-3)
+    assert exp_to_matmul_time("mosaic_local_selected_fwd", 64) == pytest.approx(1.0)
+    # the backward kernels take one exp2 per pair against 3 (dq) and 4 (dk/dv) products
+    assert exp_to_matmul_time("mosaic_selection_bwd_dq", 64) == pytest.approx(2 / 3)
+    assert exp_to_matmul_time("mosaic_selection_bwd_dkv", 64) == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        exp_to_matmul_time("flash", 64)

@@ -14,7 +14,8 @@ per batch element and query head, then times B*Hq (SPEC.md, "Mosaic attention"):
 
 Backward: 2.5x the forward matmul FLOPs (dq, dk, dv and the recomputed S: QK^T, dP=dO V^T,
 dV=P^T dO, dQ=dS K, dK=dS^T Q -- 5 products against 2), the usual FlashAttention count.
-Softmax exponentials are not counted (they run on the SFU, not the tensor cores).
+Softmax exponentials are not counted as FLOPs (they run on the SFU, not the tensor cores);
+``exp_to_matmul_time`` says what they cost beside the matrix products on Hopper.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ KERNEL_MATMULS = {
 }
 
 
+def _matmuls_per_pair(kernel: str) -> int:
+    if kernel not in KERNEL_MATMULS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(KERNEL_MATMULS)}")
+    return KERNEL_MATMULS[kernel]
+
+
 def kernel_launch_flops(kernel: str, operand_shapes: list[tuple[int, ...]]) -> float:
     """Matrix FLOPs one launch of ``kernel`` performs, from the shapes of its operands.
 
@@ -82,8 +89,7 @@ def kernel_launch_flops(kernel: str, operand_shapes: list[tuple[int, ...]]) -> f
     + 1), q, ...)``. Used to give a compiled program's Pallas custom calls their FLOPs
     (``mosaic_jax.roofline``), which HLO cannot see.
     """
-    if kernel not in KERNEL_MATMULS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(KERNEL_MATMULS)}")
+    matmuls = _matmuls_per_pair(kernel)
     if kernel == "mosaic_selection_bwd_dkv":
         inverse, offsets, q = operand_shapes[:3]
         num_blocks = offsets[-1] - 1
@@ -92,4 +98,25 @@ def kernel_launch_flops(kernel: str, operand_shapes: list[tuple[int, ...]]) -> f
         indices, q = operand_shapes[:2]
         num_blocks, per_query_block = indices[-2], indices[-1]
     b, n, hq, d = q
-    return 2.0 * KERNEL_MATMULS[kernel] * b * n * hq * d * (n // num_blocks) * per_query_block
+    return 2.0 * matmuls * b * n * hq * d * (n // num_blocks) * per_query_block
+
+
+# Hopper (sm_90) issue rates per SM per clock; their ratio does not depend on the clock.
+# Dense bf16/f16 wgmma with float32 accumulation: 4096 FLOPs (989 TFLOP/s = 132 SMs x 1.83 GHz
+# x 4096 on an H100 SXM). ex2.approx on the special-function units: 16 results (CUDA
+# programming guide, arithmetic instruction throughput, compute capability 9.0).
+TENSOR_FLOPS_PER_CLOCK = 4096
+SFU_EXP2_PER_CLOCK = 16
+
+
+def exp_to_matmul_time(kernel: str, head_dim: int) -> float:
+    """Time of a kernel's softmax exponentials over the time of its matrix products, each at peak.
+
+    Every kernel here takes one ``exp2`` per (query row, kv row) pair (the forward's P; dq
+    and dk/dv recompute P from the LSE) against ``2 * KERNEL_MATMULS[kernel] * head_dim``
+    matrix FLOPs. At head_dim 64 the forward's ratio is 1: its exponentials alone take as
+    long as its tensor-core work, so unless they overlap the wgmma (another warpgroup's, or
+    the next kv block's), the kernel cannot pass ``1 / (1 + ratio)`` = 50% of the matmul peak.
+    """
+    matmul_clocks = 2 * _matmuls_per_pair(kernel) * head_dim / TENSOR_FLOPS_PER_CLOCK
+    return (1 / SFU_EXP2_PER_CLOCK) / matmul_clocks

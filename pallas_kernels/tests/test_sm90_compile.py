@@ -19,8 +19,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mosaic_jax import deviceless
 from mosaic_jax.attention.api import BatchSharding, mosaic_attention
 from mosaic_jax.training.metrics import CompiledMemory
-from pallas_kernels.mosaic_attention import fused_kernel
-from pallas_kernels.mosaic_attention.config import PUBLISHED_STAGES, SelectionConfig, local_tile_size
+from pallas_kernels.mosaic_attention import flops, fused_kernel
+from pallas_kernels.mosaic_attention.config import PUBLISHED_STAGES, AttentionShape, SelectionConfig, local_tile_size
 from pallas_kernels.mosaic_attention.selection_kernel import (
     selection_backward_dkv,
     selection_backward_dq,
@@ -91,6 +91,36 @@ def test_fused_forward_compiles_for_sm90a_without_spills():
     assert 0 < r.smem_bytes <= SMEM_PER_BLOCK, r.smem_bytes
     assert r.registers * (cfg.num_compute_wgs + 1) * 128 <= deviceless.H100_SXM_80GB.registers_per_sm
     assert not r.spills, r.ptxas_log[-800:]
+
+
+def _ptx_exp_to_matmul_time(ptx: str) -> float:
+    """exp2 against wgmma time of one compute warpgroup's code, at Hopper's per-SM rates: each
+    ``ex2.approx`` is one per thread (128 per warpgroup); each wgmma does 2*m*n*k FLOPs."""
+    exps = 128 * len(re.findall(r"\bex2\.approx", ptx))
+    mnk = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m(\d+)n(\d+)k(\d+)", ptx)
+    matmul_flops = sum(2 * int(m) * int(n) * int(k) for m, n, k in mnk)
+    return (exps / flops.SFU_EXP2_PER_CLOCK) / (matmul_flops / flops.TENSOR_FLOPS_PER_CLOCK)
+
+
+@pytest.mark.parametrize("kernel", ["mosaic_selection_fwd", "mosaic_selection_bwd_dq", "mosaic_selection_bwd_dkv"])
+def test_compiled_kernels_take_the_exponentials_the_flop_model_counts(kernel, monkeypatch):
+    """flops.exp_to_matmul_time assumes one exp2 per (query row, kv row) pair; the kernels' PTX has
+    it: counted over the compiled code (one kv block per loop body; the forward adds 2 per thread
+    for the running max's rescale)."""
+    monkeypatch.setenv("MOSAIC_GPU_DUMP_PTX", "1")
+    shape = AttentionShape("ptx", 4096, 4, 1, 64, 1024, 128, 8)  # shapes no other test compiles
+    q, kv, lse, idx = _abstract(shape, shape.sparse_block_size, shape.top_k)
+    kw = dict(block_size=shape.sparse_block_size, config=SelectionConfig(num_compute_wgs=1))
+    fn, args = {
+        "mosaic_selection_fwd": (lambda q, k, v, i: selection_forward(q, k, v, i, **kw), (q, kv, kv, idx)),
+        "mosaic_selection_bwd_dq": (lambda q, k, v, do, l, de, i: selection_backward_dq(q, k, v, do, l, de, i, **kw),
+                                    (q, kv, kv, q, lse, lse, idx)),
+        "mosaic_selection_bwd_dkv": (lambda q, k, v, do, l, de, i: selection_backward_dkv(q, k, v, do, l, de, i, **kw),
+                                     (q, kv, kv, q, lse, lse, idx)),
+    }[kernel]
+    ptx = deviceless.compile_kernel(fn, *args).ptxas_log
+    assert f".entry {kernel}_mosaic_gpu_kernel" in ptx, "no PTX in the compiler's log"
+    assert _ptx_exp_to_matmul_time(ptx) == pytest.approx(flops.exp_to_matmul_time(kernel, shape.head_dim), rel=0.05)
 
 
 @pytest.mark.parametrize("stage", PUBLISHED_STAGES, ids=lambda s: s.name)
