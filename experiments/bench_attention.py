@@ -5,10 +5,12 @@ What it measures, all in one run on one device:
      float32 pure-JAX reference on the same selection, output and q/k/v gradients, and the
      whole attention pallas vs xla; relative L2, bound 2e-2 for bf16 (as the CPU tests);
   1. the bf16 matmul rate of this GPU (8192^3, the ceiling every TFLOP/s is compared with);
-  2. the selection-branch kernels alone at the stage-1 shape: forward, and backward (dq +
-     dk/dv kernels) -- targets 50% / 35% of the measured matmul rate;
-  3. the whole Mosaic attention, impl="pallas" (and its fused local+selected forward,
-     which is kept as the default only if it wins here) and impl="xla", forward and forward+backward,
+  2. the selection-branch kernels alone at the stage-1 shape: forward (also with the two
+     compute warpgroups taking turns on the tensor cores, SelectionConfig(pingpong=True)),
+     and backward (dq + dk/dv kernels) -- targets 50% / 35% of the measured matmul rate;
+  3. the whole Mosaic attention, impl="pallas" (and its forward variants: the fused
+     local+selected kernel, ping-pong, both; each kept off by default unless it wins here)
+     and impl="xla", forward and forward+backward,
      at the three stage shapes of the published config, in ms and TFLOP/s (FLOPs of the
      three branches as defined, pallas_kernels/mosaic_attention/flops.py), beside dense
      cuDNN flash attention's forward over the same tokens; then the forward targets at
@@ -65,6 +67,9 @@ STAGES = PUBLISHED_STAGES  # (name, tokens, Hq, Hk, head_dim, block_attn, sparse
 SCALING_LENGTHS = [8_192 * 2**i for i in range(7)]  # 8k .. 512k
 TINY_STAGES = [("tiny", 512, 2, 1, 64, 256, 128, 2)]  # --interpret-smoke (local tile = sparse block: fusable)
 FUSED = "pallas, fused forward"  # SelectionConfig(fuse_forward=True): local + selected in one kernel
+# SelectionConfig(pingpong=True): the forward kernels' two compute warpgroups take turns on the tensor cores
+PINGPONG, FUSED_PINGPONG = "pallas, ping-pong", "pallas, fused forward, ping-pong"
+FORWARD_ONLY = (FUSED, PINGPONG, FUSED_PINGPONG)  # variants of the forward kernels: the backward is "pallas"'s
 DENSE = "dense cuDNN flash"  # full attention over the same tokens: the issue's 20x baseline
 TOL_BF16 = 2e-2  # relative L2 bound for bf16 inputs (issue 3; the CPU tests use the same)
 
@@ -167,11 +172,13 @@ def check_correctness(stage, batch: int) -> dict:
     got = out_and_grads(_attention(stage, "pallas"), q, k, v, gates)
     want = out_and_grads(_attention(stage, "xla"), q, k, v, gates)
     row["whole (vs xla)"] = {key: _rel_l2(a, b) for key, a, b in zip(("o", "dq", "dk", "dv", "dgates"), got, want)}
-    row["whole, fused forward (vs xla)"] = {"o": _rel_l2(jax.jit(_attention(stage, FUSED))(q, k, v, gates), want[0])}
+    for impl in FORWARD_ONLY:  # the forward kernels' variants: output only
+        row[f"whole, {impl.removeprefix('pallas, ')} (vs xla)"] = {
+            "o": _rel_l2(jax.jit(_attention(stage, impl))(q, k, v, gates), want[0])}
     return row
 
 
-def bench_selection(stage, iters: int, batch: int) -> dict:
+def bench_selection(stage, iters: int, batch: int, pingpong: bool = True) -> dict:
     name, n, hq, hk, d, _, bs, top_k = stage
     sets = [_inputs(s, batch, n, hq, hk, d)[:3] for s in range(3)]
     sets = [(q, k, v, reference.select_blocks(q, k, bs, top_k)) for q, k, v in sets]
@@ -189,8 +196,13 @@ def bench_selection(stage, iters: int, batch: int) -> dict:
     t_fb = time_fn(jax.jit(bwd), sets, iters)
     sel = flops.mosaic_flops(batch, n, hq, d, block_attn_size=1024, sparse_block_size=bs, top_k=top_k).selected
     bwd_ms = best_ms(t_fb) - best_ms(t_fwd)  # the backward kernels + delta, without the forward
-    return {"stage": name, "fwd": t_fwd, "fwd_bwd": t_fb, "fwd_tflops": tflops(sel, best_ms(t_fwd)),
-            "bwd_ms": bwd_ms, "bwd_tflops": tflops(flops.BWD_FACTOR * sel, bwd_ms)}
+    out = {"stage": name, "fwd": t_fwd, "fwd_bwd": t_fb, "fwd_tflops": tflops(sel, best_ms(t_fwd)),
+           "bwd_ms": bwd_ms, "bwd_tflops": tflops(flops.BWD_FACTOR * sel, bwd_ms)}
+    if pingpong:
+        fwd_pp = jax.jit(functools.partial(selection_forward, block_size=bs, config=SelectionConfig(pingpong=True)))
+        t_pp = time_fn(fwd_pp, sets, iters)
+        out |= {"fwd_pingpong": t_pp, "fwd_pingpong_tflops": tflops(sel, best_ms(t_pp))}
+    return out
 
 
 def _attention(stage, impl: str):
@@ -201,8 +213,10 @@ def _attention(stage, impl: str):
     kw = dict(block_attn_size=block, sparse_block_size=bs, top_k=top_k)
     if impl == "pallas":
         return functools.partial(pallas_mosaic_attention, **kw)
-    if impl == FUSED:
-        return functools.partial(pallas_mosaic_attention, config=SelectionConfig(fuse_forward=True), **kw)
+    configs = {FUSED: SelectionConfig(fuse_forward=True), PINGPONG: SelectionConfig(pingpong=True),
+               FUSED_PINGPONG: SelectionConfig(fuse_forward=True, pingpong=True)}
+    if impl in configs:
+        return functools.partial(pallas_mosaic_attention, config=configs[impl], **kw)
     return functools.partial(reference.mosaic_attention, **kw)
 
 
@@ -217,19 +231,19 @@ def _mosaic_fns(stage, impl: str):
     return fwd, fwd_bwd
 
 
-def bench_mosaic(stage, iters: int, batch: int) -> list[dict]:
+def bench_mosaic(stage, iters: int, batch: int, impls=("pallas", *FORWARD_ONLY, "xla", DENSE)) -> list[dict]:
     name, n, hq, hk, d, block, bs, top_k = stage
     sets = [_inputs(s, batch, n, hq, hk, d) for s in range(3)]
     fl = flops.mosaic_flops(batch, n, hq, d, block_attn_size=block, sparse_block_size=bs, top_k=top_k)
     rows = []
-    for impl in ("pallas", FUSED, "xla", DENSE):
+    for impl in impls:
         fwd, fwd_bwd = _mosaic_fns(stage, impl)
         row = {"stage": name, "impl": impl}
         passes = (("fwd", fwd, fl.forward), ("fwd_bwd", fwd_bwd, fl.forward_backward))
         if impl == DENSE:  # its own FLOPs, so the TFLOP/s columns compare rates; the targets are forward
             passes = (("fwd", fwd, flops.dense_flops(batch, n, hq, d)),)
-        # differentiated, FUSED runs the branch kernels: its fwd+bwd is the "pallas" row's
-        for key, fn, fl_count in passes[:1] if impl == FUSED else passes:
+        # the forward-kernel variants share "pallas"'s backward kernels (differentiated, FUSED runs the branch kernels)
+        for key, fn, fl_count in passes[:1] if impl in FORWARD_ONLY else passes:
             try:
                 t = time_fn(fn, sets, iters)
                 row[key] = t | {"tflops": tflops(fl_count, best_ms(t))}
@@ -320,7 +334,7 @@ def forward_targets(rows: list[dict], stage: str) -> list[str]:
         return []
     lines = [f"Forward targets at {stage}:", ""]
     for impl, target in (("xla", 3), (DENSE, 20)):
-        for mine in ("pallas", FUSED):
+        for mine in ("pallas", *FORWARD_ONLY):
             if impl in fwd and mine in fwd:
                 ratio = fwd[impl] / fwd[mine]
                 lines.append(f"- {impl} / {mine}: **{ratio:.1f}x** (target >= {target}x: "
@@ -356,14 +370,18 @@ def render(meta, mm, sel, mosaic, scaling, batch, checks=None) -> str:
                 f"| forward | {_fmt_ms(sel['fwd'])} | {sel['fwd_tflops']:.1f} | "
                 f"{100 * sel['fwd_tflops'] / rate:.0f}% | >= 50% |",
                 f"| backward (fwd+bwd minus fwd) | {sel['bwd_ms']:.3f} | {sel['bwd_tflops']:.1f} | "
-                f"{100 * sel['bwd_tflops'] / rate:.0f}% | >= 35% |", ""]
+                f"{100 * sel['bwd_tflops'] / rate:.0f}% | >= 35% |"]
+        if "fwd_pingpong" in sel:
+            out.append(f"| forward, ping-pong | {_fmt_ms(sel['fwd_pingpong'])} | {sel['fwd_pingpong_tflops']:.1f} | "
+                       f"{100 * sel['fwd_pingpong_tflops'] / rate:.0f}% | >= 50% |")
+        out.append("")
     if mosaic:
         out += ["### Whole Mosaic attention", "", "| stage | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |",
                 "|---|---|---|---|---|---|"]
         for r in mosaic:
             tf = lambda t: f"{t['tflops']:.1f}" if "tflops" in t else "-"  # noqa: E731
             out.append(f"| {r['stage']} | {r['impl']} | {_fmt_ms(r['fwd'])} | {tf(r['fwd'])} | "
-                       f"{_fmt_ms(r.get('fwd_bwd', '= pallas' if r['impl'] == FUSED else '-'))} | "
+                       f"{_fmt_ms(r.get('fwd_bwd', 'not timed' if r['impl'] in FORWARD_ONLY else '-'))} | "
                        f"{tf(r.get('fwd_bwd', {}))} |")
         out += ["", "(The dense row's TFLOP/s counts dense attention's own FLOPs.)", ""]
         out += forward_targets(mosaic, mosaic[0]["stage"])  # the first stage benchmarked: stage 1 on a device
@@ -416,8 +434,13 @@ def main(argv=None) -> int:
         with interpret():  # raises if a kernel raced
             checks = check_correctness(TINY_STAGES[0], 1)
             print("correctness", checks)
-            sel = bench_selection(TINY_STAGES[0], 1, 1)
-            mosaic = bench_mosaic(TINY_STAGES[0], 1, 1)
+            # The ping-pong variants run once each, in check_correctness. GPU interpret mode
+            # simulates each warpgroup as an XLA CPU computation of its own; on a 2-core
+            # machine their third launch in one process hung, with warpgroup 1 waiting at its
+            # first turn for warpgroup 0, whose simulation had not started (a GPU runs every
+            # warpgroup of a CTA at once).
+            sel = bench_selection(TINY_STAGES[0], 1, 1, pingpong=False)
+            mosaic = bench_mosaic(TINY_STAGES[0], 1, 1, impls=("pallas", FUSED, "xla", DENSE))
         print("selection", sel)
         print("mosaic", mosaic)
         meta = {"command": "--interpret-smoke", "device": "cpu (interpret mode)", "jax": jax.__version__,

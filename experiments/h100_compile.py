@@ -128,6 +128,7 @@ def kernel_cases(stages, wgs_options) -> list[KernelCase]:
             idx = s((1, stage.kv_heads, stage.tokens // block, top_k), jnp.int32)
             for wgs in wgs_options:
                 cfg = SelectionConfig(num_compute_wgs=wgs)
+                pp = SelectionConfig(num_compute_wgs=wgs, pingpong=True)
                 kernels = [
                     ("forward", lambda q, k, v, i, b=block, c=cfg: selection_forward(q, k, v, i, block_size=b, config=c),
                      (q, kv, kv, idx)),
@@ -136,15 +137,19 @@ def kernel_cases(stages, wgs_options) -> list[KernelCase]:
                     ("dk/dv", lambda q, k, v, do, l, de, i, b=block, c=cfg: selection_backward_dkv(
                         q, k, v, do, l, de, i, block_size=b, config=c), (q, kv, kv, q, lse, lse, idx)),
                 ]
+                if wgs == 2:  # the two compute warpgroups taking turns on the tensor cores
+                    kernels.append(("forward, ping-pong", lambda q, k, v, i, b=block, c=pp: selection_forward(
+                        q, k, v, i, block_size=b, config=c), (q, kv, kv, idx)))
                 if branch == "selected" and fused_kernel.can_fuse(stage.block_attn_size, block):
                     local_steps = stage.block_attn_size // block
                     table = s((1, stage.kv_heads, stage.tokens // block, local_steps + top_k), jnp.int32)
                     gates = s((1, stage.q_heads, 3, stage.tokens), jnp.float32)
                     o_cmp = s((1, stage.tokens // block, stage.q_heads, stage.head_dim), jnp.float32)
-                    kernels.append(("fused forward",
-                                    lambda q, k, v, i, g, o, b=block, c=cfg, ls=local_steps: fused_kernel.fused_forward(
-                                        q, k, v, i, g, o, block_size=b, local_steps=ls, out_dtype=q.dtype, config=c),
-                                    (q, kv, kv, table, gates, o_cmp)))
+                    for name, c in [("fused forward", cfg)] + ([("fused forward, ping-pong", pp)] if wgs == 2 else []):
+                        kernels.append((name, lambda q, k, v, i, g, o, b=block, c=c, ls=local_steps:
+                                        fused_kernel.fused_forward(q, k, v, i, g, o, block_size=b, local_steps=ls,
+                                                                   out_dtype=q.dtype, config=c),
+                                        (q, kv, kv, table, gates, o_cmp)))
                 for name, fn, args in kernels:
                     label = "local+selected" if name.startswith("fused") else branch
                     cases.append(KernelCase(stage.name, label, name, wgs, fn, args))

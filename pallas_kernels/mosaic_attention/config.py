@@ -29,11 +29,17 @@ class SelectionConfig:
       kernel (fused_kernel.py: local and selected streamed, compressed row added, gates
       applied) where the local tile equals the sparse block. Off until an H100 timing shows
       it faster than the two branch kernels.
+    pingpong: in the forward kernels with two compute warpgroups, the warpgroups take turns
+      on the tensor cores (FlashAttention-3's ping-pong): one's softmax runs while the
+      other's wgmma do. At head_dim 64 a score's exp2 takes as long as its matrix products
+      (flops.exp_to_matmul_time), so without this overlap the forward cannot pass 50% of
+      the matmul peak. Off until an H100 timing shows it faster.
     """
 
     num_compute_wgs: int = 2
     max_concurrent_steps: int = 2
     fuse_forward: bool = False
+    pingpong: bool = False
 
     def __post_init__(self):
         if self.num_compute_wgs not in (1, 2):

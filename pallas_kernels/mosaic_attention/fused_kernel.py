@@ -37,6 +37,7 @@ from pallas_kernels.mosaic_attention.selection_kernel import (
     _softmax_state,
     _softmax_step,
     _stream_kv_blocks,
+    _taking_turns,
     selected_attention,
 )
 
@@ -68,9 +69,11 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
     steps = min(config.max_concurrent_steps, total)
     scale_log2 = d**-0.5 * LOG2E
 
+    pingpong = config.pingpong and wgs == 2
+
     def mosaic_local_selected_fwd(idx_ref, q_ref, k_ref, v_ref, gates_ref, cmp_ref, o_ref,
                                   q_smem, p_smem, o_smem, gates_smem, cmp_smem, k_smem, v_smem,
-                                  q_bar, k_bar, v_bar, k_free, v_free):
+                                  q_bar, k_bar, v_bar, k_free, v_free, *turn):  # turn: the ping-pong barrier
         bi = lax.axis_index("b")
         h = lax.axis_index("h")
         qb = lax.axis_index("qb")
@@ -87,11 +90,14 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
             plgpu.barrier_wait(q_bar.at[wg])
 
             step = _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, steps=steps,
-                                 block_size=bs, head_dim=d, scale_log2=scale_log2, dtype=dtype)
+                                 block_size=bs, head_dim=d, scale_log2=scale_log2, dtype=dtype,
+                                 turn=turn[0] if turn else None)
 
-            # The ring runs on across the two loops: step j always uses slot j % steps.
-            acc_local, _, l_local = lax.fori_loop(0, local_steps, step, _softmax_state(d))
-            acc_sel, _, l_sel = lax.fori_loop(local_steps, total, step, _softmax_state(d))
+            def kv_loops():  # the ring runs on across the two loops: step j always uses slot j % steps
+                return (lax.fori_loop(0, local_steps, step, _softmax_state(d)),
+                        lax.fori_loop(local_steps, total, step, _softmax_state(d)))
+
+            (acc_local, _, l_local), (acc_sel, _, l_sel) = _taking_turns(turn[0] if turn else None, wg, kv_loops)
             g_local, g_cmp, g_sel = (plgpu.load(gates_smem.at[wg, i], layout=plgpu.Layout.WGMMA.reduce(1))
                                      for i in range(3))
             cmp_row = plgpu.load(cmp_smem.at[wg], layout=plgpu.Layout.WGMMA.reduce(0))
@@ -125,7 +131,7 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
         plgpu.Barrier(num_barriers=steps),
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
-    )
+    ) + ((plgpu.Barrier(num_arrivals=wgs),) if pingpong else ())
     out_type = jax.ShapeDtypeStruct((b, n, hq, d), out_dtype)
     return _launch(mosaic_local_selected_fwd, out_type=out_type, scratch=scratch, grid=(nb, tiles, hk, b),
                    block_axis="qb", wgs=wgs)(indices, q, k, v, gates, o_cmp)

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -46,15 +48,19 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels.hopper import warp_specialized, wgmma_operand_transforms
 from pallas_kernels.mosaic_attention.config import BLOCK_Q, DEFAULT_CONFIG, SelectionConfig
 
+T = TypeVar("T")
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
 
 
-def _matmul(a_ref, b_ref, shape) -> jax.Array:
-    """``a @ b`` on the tensor cores into a fresh float32 accumulator, returned as a value."""
+def _matmul(a_ref, b_ref, shape, while_running: Callable[[], None] | None = None) -> jax.Array:
+    """``a @ b`` on the tensor cores into a fresh float32 accumulator, returned as a value;
+    ``while_running`` runs after the wgmma is issued, before waiting for its result."""
 
     def body(acc_ref):
         plgpu.wgmma(acc_ref, a_ref, b_ref)
+        if while_running is not None:
+            while_running()
         return acc_ref[...]
 
     return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
@@ -141,6 +147,29 @@ def _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_fre
     _drain(k_free, v_free, num_blocks, steps)
 
 
+def _rendezvous(turn) -> None:
+    """Both compute warpgroups reach this point before either goes on (``turn`` counts 2 arrivals)."""
+    plgpu.barrier_arrive(turn)
+    plgpu.barrier_wait(turn)
+
+
+def _taking_turns(turn, wg, kv_loop: Callable[[], T]) -> T:
+    """Run a compute warpgroup's ``kv_loop``, whose steps are ``_softmax_step(turn=turn)``, with
+    warpgroup 1 half a step behind warpgroup 0, so they alternate on the tensor cores.
+
+    Every step passes ``turn`` twice (after issuing QK^T; between the end of its softmax and
+    its PV wgmma). Warpgroup 1 passes it once before its loop, warpgroup 0 once after, so
+    warpgroup 1 issues its QK^T only once warpgroup 0 has issued its own, and each issues its
+    PV only once the other has issued its next QK^T. ``turn`` None: no ordering.
+    """
+    if turn is None:
+        return kv_loop()
+    pl.when(wg == 1)(functools.partial(_rendezvous, turn))
+    out = kv_loop()
+    pl.when(wg == 0)(functools.partial(_rendezvous, turn))
+    return out
+
+
 def _softmax_state(head_dim: int):
     """A fresh float32 online-softmax state (acc, running max m in log2 units, row sum l)."""
     return (plgpu.layout_cast(jnp.full((BLOCK_Q, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA),
@@ -149,14 +178,18 @@ def _softmax_state(head_dim: int):
 
 
 def _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, *, steps: int,
-                  block_size: int, head_dim: int, scale_log2: float, dtype):
-    """``step(j, (acc, m, l))``: one streamed kv block (ring slot j % steps) of the online softmax."""
+                  block_size: int, head_dim: int, scale_log2: float, dtype, turn=None):
+    """``step(j, (acc, m, l))``: one streamed kv block (ring slot j % steps) of the online softmax.
+
+    ``turn``: the ping-pong barrier of ``_taking_turns``, or None.
+    """
+    qk_issued = None if turn is None else functools.partial(_rendezvous, turn)
 
     def step(j, carry):
         acc, m, l = carry
         slot = lax.rem(j, jnp.int32(steps))
         plgpu.barrier_wait(k_bar.at[slot])
-        s = _matmul(q_tile, k_smem.at[slot].T, (BLOCK_Q, block_size))
+        s = _matmul(q_tile, k_smem.at[slot].T, (BLOCK_Q, block_size), while_running=qk_issued)
         plgpu.barrier_arrive(k_free.at[slot])
         # Scores in log2 units: one FMA per element inside exp2.
         m_new = jnp.maximum(m, s.max(axis=1) * scale_log2)
@@ -165,7 +198,11 @@ def _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, 
         l = l * alpha + p.sum(axis=1)
         p_tile[...] = p.astype(dtype)
         plgpu.commit_smem()
+        if turn is not None:
+            plgpu.barrier_arrive(turn)  # softmax done: the other warpgroup may issue its PV
         plgpu.barrier_wait(v_bar.at[slot])
+        if turn is not None:
+            plgpu.barrier_wait(turn)  # the other warpgroup has issued its next QK^T
         pv = _matmul(p_tile, v_smem.at[slot], (BLOCK_Q, head_dim))
         plgpu.barrier_arrive(v_free.at[slot])
         acc = acc * _row_bcast(alpha, acc.shape) + pv
@@ -191,9 +228,11 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
     steps = min(config.max_concurrent_steps, top_k)
     scale_log2 = d**-0.5 * LOG2E
 
+    pingpong = config.pingpong and wgs == 2
+
     def mosaic_selection_fwd(idx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
                q_smem, p_smem, o_smem, lse_smem, k_smem, v_smem,
-               q_bar, k_bar, v_bar, k_free, v_free):
+               q_bar, k_bar, v_bar, k_free, v_free, *turn):  # turn: the ping-pong barrier, if any
         bi = lax.axis_index("b")
         h = lax.axis_index("h")
         qb = lax.axis_index("qb")
@@ -206,8 +245,10 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
             plgpu.barrier_wait(q_bar.at[wg])
 
             step = _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, steps=steps,
-                                 block_size=bs, head_dim=d, scale_log2=scale_log2, dtype=dtype)
-            acc, m, l = lax.fori_loop(0, top_k, step, _softmax_state(d))
+                                 block_size=bs, head_dim=d, scale_log2=scale_log2, dtype=dtype,
+                                 turn=turn[0] if turn else None)
+            acc, m, l = _taking_turns(turn[0] if turn else None, wg,
+                                      lambda: lax.fori_loop(0, top_k, step, _softmax_state(d)))
             o_smem.at[wg][...] = acc / _row_bcast(l, acc.shape)
             lse_smem.at[wg][...] = (m + jnp.log2(l)) * LN2
             plgpu.commit_smem()
@@ -234,7 +275,7 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
         plgpu.Barrier(num_barriers=steps),
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
-    )
+    ) + ((plgpu.Barrier(num_arrivals=wgs),) if pingpong else ())
     out_type = (jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32), jax.ShapeDtypeStruct((b, hq, n), jnp.float32))
     return _launch(mosaic_selection_fwd, out_type=out_type, scratch=scratch, grid=(nb, tiles, hk, b), block_axis="qb",
                    wgs=wgs)(indices, q, k, v)

@@ -89,13 +89,24 @@ def test_selected_attention_values_and_gradients(b, n, hq, hk, d, bs, top_k, dty
         assert rel_l2(grad, grad_ref) <= TOL_16BIT, name
 
 
-def test_selection_forward_lse():
-    b, n, hq, hk, d, bs, top_k = 1, 256, 2, 1, 64, 64, 2
+# The forward kernels with the two compute warpgroups taking turns on the tensor cores
+# (SelectionConfig.pingpong): same results; a miscounted turn would deadlock (interpret mode hangs).
+# Each test launches each ping-pong kernel once: in one process, the third launch of the same
+# ping-pong kernel hung GPU interpret mode on a 2-core machine, warpgroup 0's simulation never
+# starting while warpgroup 1 waited for it (see bench_attention.py's --interpret-smoke).
+PINGPONG = SelectionConfig(pingpong=True)
+
+
+@pytest.mark.parametrize("config", [SelectionConfig(), PINGPONG], ids=["default", "pingpong"])
+def test_selection_forward_lse(config):
+    b, n, hq, hk, d, bs, top_k = 1, 256, 2, 1, 64, 64, 3  # G*bs = 128 rows: two compute warpgroups
     q, k, v, _, _ = inputs(3, b, n, hq, hk, d, jnp.bfloat16)
     indices = random_selection(4, b, hk, n // bs, top_k)
+    assert config.compute_wgs_for(hq // hk * bs) == 2
     with interpret():
-        _, lse = selection_forward(q, k, v, indices, block_size=bs)
+        o, lse = selection_forward(q, k, v, indices, block_size=bs, config=config)
     assert rel_l2(lse, selected_lse_reference(q, k, indices, bs)) <= 1e-3
+    assert rel_l2(o, reference.selected_attention(f32(q), f32(k), f32(v), indices, bs)) <= TOL_16BIT
 
 
 def test_local_attention_values_and_gradients():
@@ -110,12 +121,13 @@ def test_local_attention_values_and_gradients():
         assert rel_l2(grad, grad_ref) <= TOL_16BIT, name
 
 
-def test_mosaic_attention_values_and_gradients():
+@pytest.mark.parametrize("config", [SelectionConfig(), PINGPONG], ids=["default", "pingpong"])
+def test_mosaic_attention_values_and_gradients(config):
     b, n, hq, hk, d = 1, 256, 2, 1, 64
     kw = dict(block_attn_size=128, sparse_block_size=64, top_k=2)
     q, k, v, gates, cot = inputs(6, b, n, hq, hk, d, jnp.bfloat16)
     with interpret():
-        o, vjp = jax.vjp(lambda *a: kernels.mosaic_attention(*a, **kw), q, k, v, gates)
+        o, vjp = jax.vjp(lambda *a: kernels.mosaic_attention(*a, config=config, **kw), q, k, v, gates)
         grads = vjp(cot)
     o_ref, vjp_ref = jax.vjp(lambda *a: reference.mosaic_attention(*a, **kw), f32(q), f32(k), f32(v), gates)
     assert rel_l2(o, o_ref) <= TOL_16BIT
@@ -132,14 +144,17 @@ FUSED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("b,n,hq,hk,d,block,bs,top_k,dtype,out_dtype", FUSED_CASES)
-def test_fused_forward_is_the_gated_sum_of_the_three_branches(b, n, hq, hk, d, block, bs, top_k, dtype, out_dtype):
+@pytest.mark.parametrize("b,n,hq,hk,d,block,bs,top_k,dtype,out_dtype,config",
+                         [pytest.param(*case, SelectionConfig(), id=f"case{i}") for i, case in enumerate(FUSED_CASES)]
+                         + [pytest.param(*FUSED_CASES[0], PINGPONG, id="case0-pingpong")])
+def test_fused_forward_is_the_gated_sum_of_the_three_branches(b, n, hq, hk, d, block, bs, top_k, dtype, out_dtype,
+                                                              config):
     assert fused_kernel.can_fuse(block, bs)
     q, k, v, gates, _ = inputs(9, b, n, hq, hk, d, dtype)
     indices = random_selection(10, b, hk, n // bs, top_k)
     o_cmp = reference.compressed_block_attention(q, k, v, bs)
     with interpret():
-        o = fused_kernel.fused_attention(q, k, v, gates, indices, o_cmp, block, bs, out_dtype)
+        o = fused_kernel.fused_attention(q, k, v, gates, indices, o_cmp, block, bs, out_dtype, config)
     q32, k32, v32 = f32(q), f32(k), f32(v)
     o_ref = (gates[..., 0:1] * reference.local_attention(q32, k32, v32, block)
              + gates[..., 1:2] * reference.compressed_attention(q32, k32, v32, bs)

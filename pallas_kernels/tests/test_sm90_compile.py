@@ -93,6 +93,44 @@ def test_fused_forward_compiles_for_sm90a_without_spills():
     assert not r.spills, r.ptxas_log[-800:]
 
 
+def _waits_while_qk_runs(ptx: str) -> bool:
+    """Whether the first wgmma group (the QK^T of the kv loop) is committed, then a barrier is
+    waited on, before the warpgroup waits for the group's result."""
+    issued = ptx.index("wgmma.commit_group")
+    return "mbarrier.try_wait" in ptx[issued:ptx.index("wgmma.wait_group", issued)]
+
+
+def test_pingpong_forward_kernels_compile_for_sm90a_and_turn_while_qk_runs(monkeypatch):
+    """SelectionConfig(pingpong=True) at the stage-1 shape: the forward and fused forward kernels
+    compile without spills, and each warpgroup hands the tensor cores over between issuing its
+    QK^T and waiting for it (in the PTX); without ping-pong it waits for QK^T straight away."""
+    monkeypatch.setenv("MOSAIC_GPU_DUMP_PTX", "1")
+    bs = STAGE1.sparse_block_size
+    local_steps = STAGE1.block_attn_size // bs
+    q, kv, _, idx = _abstract(STAGE1, bs, STAGE1.top_k)
+    table = jax.ShapeDtypeStruct(idx.shape[:-1] + (local_steps + STAGE1.top_k,), jnp.int32)
+    gates = jax.ShapeDtypeStruct((1, STAGE1.q_heads, 3, STAGE1.tokens), jnp.float32)
+    o_cmp = jax.ShapeDtypeStruct((1, STAGE1.tokens // bs, STAGE1.q_heads, STAGE1.head_dim), jnp.float32)
+    pingpong = SelectionConfig(pingpong=True)
+    reports = {
+        "forward": deviceless.compile_kernel(
+            lambda q, k, v, i: selection_forward(q, k, v, i, block_size=bs, config=pingpong), q, kv, kv, idx),
+        "fused forward": deviceless.compile_kernel(
+            lambda q, k, v, i, g, o: fused_kernel.fused_forward(q, k, v, i, g, o, block_size=bs, local_steps=local_steps,
+                                                                out_dtype=jnp.bfloat16, config=pingpong),
+            q, kv, kv, table, gates, o_cmp),
+    }
+    for name, r in reports.items():
+        assert 0 < r.smem_bytes <= SMEM_PER_BLOCK, (name, r.smem_bytes)
+        assert not r.spills, (name, r.ptxas_log[-800:])
+        assert _waits_while_qk_runs(r.ptxas_log), name
+    # the same kernel without ping-pong, at a shape no other test compiles (each is compiled once a process)
+    plain_q, plain_kv, _, plain_idx = _abstract(AttentionShape("plain", 8192, 4, 1, 64, 1024, bs, 8), bs, 8)
+    plain = deviceless.compile_kernel(lambda q, k, v, i: selection_forward(q, k, v, i, block_size=bs),
+                                      plain_q, plain_kv, plain_kv, plain_idx)
+    assert not _waits_while_qk_runs(plain.ptxas_log)
+
+
 def _ptx_exp_to_matmul_time(ptx: str) -> float:
     """exp2 against wgmma time of one compute warpgroup's code, at Hopper's per-SM rates: each
     ``ex2.approx`` is one per thread (128 per warpgroup); each wgmma does 2*m*n*k FLOPs."""
