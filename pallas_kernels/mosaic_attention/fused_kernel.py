@@ -73,7 +73,8 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
 
     def mosaic_local_selected_fwd(idx_ref, q_ref, k_ref, v_ref, gates_ref, cmp_ref, o_ref,
                                   q_smem, p_smem, o_smem, gates_smem, cmp_smem, k_smem, v_smem,
-                                  q_bar, k_bar, v_bar, k_free, v_free, *turn):  # turn: the ping-pong barrier
+                                  q_bar, k_bar, v_bar, k_free, v_free, *pingpong_bar):
+        turn = pingpong_bar[0] if pingpong_bar else None  # the ping-pong barrier, if allocated
         bi = lax.axis_index("b")
         h = lax.axis_index("h")
         qb = lax.axis_index("qb")
@@ -91,13 +92,13 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
 
             step = _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, steps=steps,
                                  block_size=bs, head_dim=d, scale_log2=scale_log2, dtype=dtype,
-                                 turn=turn[0] if turn else None)
+                                 turn=turn)
 
             def kv_loops():  # the ring runs on across the two loops: step j always uses slot j % steps
                 return (lax.fori_loop(0, local_steps, step, _softmax_state(d)),
                         lax.fori_loop(local_steps, total, step, _softmax_state(d)))
 
-            (acc_local, _, l_local), (acc_sel, _, l_sel) = _taking_turns(turn[0] if turn else None, wg, kv_loops)
+            (acc_local, _, l_local), (acc_sel, _, l_sel) = _taking_turns(turn, wg, kv_loops)
             g_local, g_cmp, g_sel = (plgpu.load(gates_smem.at[wg, i], layout=plgpu.Layout.WGMMA.reduce(1))
                                      for i in range(3))
             cmp_row = plgpu.load(cmp_smem.at[wg], layout=plgpu.Layout.WGMMA.reduce(0))

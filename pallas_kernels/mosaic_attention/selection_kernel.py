@@ -232,7 +232,8 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
 
     def mosaic_selection_fwd(idx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref,
                q_smem, p_smem, o_smem, lse_smem, k_smem, v_smem,
-               q_bar, k_bar, v_bar, k_free, v_free, *turn):  # turn: the ping-pong barrier, if any
+               q_bar, k_bar, v_bar, k_free, v_free, *pingpong_bar):
+        turn = pingpong_bar[0] if pingpong_bar else None  # the ping-pong barrier, if allocated
         bi = lax.axis_index("b")
         h = lax.axis_index("h")
         qb = lax.axis_index("qb")
@@ -246,8 +247,8 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
 
             step = _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, steps=steps,
                                  block_size=bs, head_dim=d, scale_log2=scale_log2, dtype=dtype,
-                                 turn=turn[0] if turn else None)
-            acc, m, l = _taking_turns(turn[0] if turn else None, wg,
+                                 turn=turn)
+            acc, m, l = _taking_turns(turn, wg,
                                       lambda: lax.fori_loop(0, top_k, step, _softmax_state(d)))
             o_smem.at[wg][...] = acc / _row_bcast(l, acc.shape)
             lse_smem.at[wg][...] = (m + jnp.log2(l)) * LN2
