@@ -206,7 +206,8 @@ def bench_selection(stage, iters: int, batch: int, pingpong: bool = True) -> dic
 
 
 def _attention(stage, impl: str):
-    """The whole Mosaic attention at a stage's block sizes ("pallas", FUSED or "xla"), or DENSE."""
+    """The whole Mosaic attention at a stage's block sizes ("pallas", a FORWARD_ONLY variant or "xla"),
+    or DENSE attention over the same tokens."""
     if impl == DENSE:
         return lambda q, k, v, gates: jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
     _, _, _, _, _, block, bs, top_k = stage
