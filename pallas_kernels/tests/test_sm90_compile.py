@@ -43,6 +43,31 @@ def _abstract(stage, block: int, top_k: int):
     return q, kv, lse, idx
 
 
+def _selection_kernels(stage, block: int, top_k: int, config: SelectionConfig) -> dict[str, tuple]:
+    """The three selection kernels at ``stage``'s shapes: name -> (fn, abstract args), each fn one launch."""
+    q, kv, lse, idx = _abstract(stage, block, top_k)
+    kw = dict(block_size=block, config=config)
+    return {
+        "forward": (lambda q, k, v, i: selection_forward(q, k, v, i, **kw), (q, kv, kv, idx)),
+        "dq": (lambda q, k, v, do, l, de, i: selection_backward_dq(q, k, v, do, l, de, i, **kw),
+               (q, kv, kv, q, lse, lse, idx)),
+        "dk/dv": (lambda q, k, v, do, l, de, i: selection_backward_dkv(q, k, v, do, l, de, i, **kw),
+                  (q, kv, kv, q, lse, lse, idx)),
+    }
+
+
+def _fused_forward_kernel(stage, config: SelectionConfig) -> tuple:
+    """The fused forward kernel at ``stage``'s shapes (bf16 output): (fn, abstract args)."""
+    bs = stage.sparse_block_size
+    local_steps = stage.block_attn_size // bs
+    q, kv, _, table = _abstract(stage, bs, local_steps + stage.top_k)
+    gates = jax.ShapeDtypeStruct((1, stage.q_heads, 3, stage.tokens), jnp.float32)
+    o_cmp = jax.ShapeDtypeStruct((1, stage.tokens // bs, stage.q_heads, stage.head_dim), jnp.float32)
+    kw = dict(block_size=bs, local_steps=local_steps, out_dtype=jnp.bfloat16, config=config)
+    return (lambda q, k, v, i, g, o: fused_kernel.fused_forward(q, k, v, i, g, o, **kw),
+            (q, kv, kv, table, gates, o_cmp))
+
+
 def _branches(stage):
     tile = local_tile_size(stage.block_attn_size)
     return {"selected": (stage.sparse_block_size, stage.top_k), "local": (tile, stage.block_attn_size // tile)}
@@ -51,19 +76,10 @@ def _branches(stage):
 @pytest.mark.parametrize("branch", ["selected", "local"])
 def test_kernels_compile_for_sm90a_at_the_published_stage1_shape(branch):
     block, top_k = _branches(STAGE1)[branch]
-    q, kv, lse, idx = _abstract(STAGE1, block, top_k)
     cfg = SelectionConfig(num_compute_wgs=2)
     threads = (cfg.num_compute_wgs + 1) * 128
-    reports = {
-        "forward": deviceless.compile_kernel(
-            lambda q, k, v, i: selection_forward(q, k, v, i, block_size=block, config=cfg), q, kv, kv, idx),
-        "dq": deviceless.compile_kernel(
-            lambda q, k, v, do, l, de, i: selection_backward_dq(q, k, v, do, l, de, i, block_size=block, config=cfg),
-            q, kv, kv, q, lse, lse, idx),
-        "dk/dv": deviceless.compile_kernel(
-            lambda q, k, v, do, l, de, i: selection_backward_dkv(q, k, v, do, l, de, i, block_size=block, config=cfg),
-            q, kv, kv, q, lse, lse, idx),
-    }
+    reports = {name: deviceless.compile_kernel(fn, *args)
+               for name, (fn, args) in _selection_kernels(STAGE1, block, top_k, cfg).items()}
     for name, r in reports.items():
         assert 0 < r.smem_bytes <= SMEM_PER_BLOCK, (name, r.smem_bytes)
         assert r.registers * threads <= deviceless.H100_SXM_80GB.registers_per_sm, (name, r.registers)
@@ -78,16 +94,9 @@ def test_fused_forward_compiles_for_sm90a_without_spills():
     """The fused forward kernel at the stage-1 shape: two softmax states, three gates and the
     compressed row in registers, a bfloat16 output tile, still no spill, within the SMEM limit."""
     assert fused_kernel.can_fuse(STAGE1.block_attn_size, STAGE1.sparse_block_size)
-    local_steps = STAGE1.block_attn_size // STAGE1.sparse_block_size
-    q, kv, _, idx = _abstract(STAGE1, STAGE1.sparse_block_size, local_steps + STAGE1.top_k)
-    gates = jax.ShapeDtypeStruct((1, STAGE1.q_heads, 3, STAGE1.tokens), jnp.float32)
-    o_cmp = jax.ShapeDtypeStruct((1, STAGE1.tokens // STAGE1.sparse_block_size, STAGE1.q_heads, STAGE1.head_dim),
-                                 jnp.float32)
     cfg = SelectionConfig(num_compute_wgs=2)
-    r = deviceless.compile_kernel(
-        lambda q, k, v, i, g, o: fused_kernel.fused_forward(q, k, v, i, g, o, block_size=STAGE1.sparse_block_size,
-                                                            local_steps=local_steps, out_dtype=jnp.bfloat16,
-                                                            config=cfg), q, kv, kv, idx, gates, o_cmp)
+    fn, args = _fused_forward_kernel(STAGE1, cfg)
+    r = deviceless.compile_kernel(fn, *args)
     assert 0 < r.smem_bytes <= SMEM_PER_BLOCK, r.smem_bytes
     assert r.registers * (cfg.num_compute_wgs + 1) * 128 <= deviceless.H100_SXM_80GB.registers_per_sm
     assert not r.spills, r.ptxas_log[-800:]
@@ -106,28 +115,18 @@ def test_pingpong_forward_kernels_compile_for_sm90a_and_turn_while_qk_runs(monke
     QK^T and waiting for it (in the PTX); without ping-pong it waits for QK^T straight away."""
     monkeypatch.setenv("MOSAIC_GPU_DUMP_PTX", "1")
     bs = STAGE1.sparse_block_size
-    local_steps = STAGE1.block_attn_size // bs
-    q, kv, _, idx = _abstract(STAGE1, bs, STAGE1.top_k)
-    table = jax.ShapeDtypeStruct(idx.shape[:-1] + (local_steps + STAGE1.top_k,), jnp.int32)
-    gates = jax.ShapeDtypeStruct((1, STAGE1.q_heads, 3, STAGE1.tokens), jnp.float32)
-    o_cmp = jax.ShapeDtypeStruct((1, STAGE1.tokens // bs, STAGE1.q_heads, STAGE1.head_dim), jnp.float32)
     pingpong = SelectionConfig(pingpong=True)
-    reports = {
-        "forward": deviceless.compile_kernel(
-            lambda q, k, v, i: selection_forward(q, k, v, i, block_size=bs, config=pingpong), q, kv, kv, idx),
-        "fused forward": deviceless.compile_kernel(
-            lambda q, k, v, i, g, o: fused_kernel.fused_forward(q, k, v, i, g, o, block_size=bs, local_steps=local_steps,
-                                                                out_dtype=jnp.bfloat16, config=pingpong),
-            q, kv, kv, table, gates, o_cmp),
-    }
+    kernels = {"forward": _selection_kernels(STAGE1, bs, STAGE1.top_k, pingpong)["forward"],
+               "fused forward": _fused_forward_kernel(STAGE1, pingpong)}
+    reports = {name: deviceless.compile_kernel(fn, *args) for name, (fn, args) in kernels.items()}
     for name, r in reports.items():
         assert 0 < r.smem_bytes <= SMEM_PER_BLOCK, (name, r.smem_bytes)
         assert not r.spills, (name, r.ptxas_log[-800:])
         assert _waits_while_qk_runs(r.ptxas_log), name
     # the same kernel without ping-pong, at a shape no other test compiles (each is compiled once a process)
-    plain_q, plain_kv, _, plain_idx = _abstract(AttentionShape("plain", 8192, 4, 1, 64, 1024, bs, 8), bs, 8)
-    plain = deviceless.compile_kernel(lambda q, k, v, i: selection_forward(q, k, v, i, block_size=bs),
-                                      plain_q, plain_kv, plain_kv, plain_idx)
+    plain_shape = AttentionShape("plain", 8192, 4, 1, 64, 1024, bs, 8)
+    fn, args = _selection_kernels(plain_shape, bs, plain_shape.top_k, SelectionConfig())["forward"]
+    plain = deviceless.compile_kernel(fn, *args)
     assert not _waits_while_qk_runs(plain.ptxas_log)
 
 
@@ -140,22 +139,16 @@ def _ptx_exp_to_matmul_time(ptx: str) -> float:
     return (exps / flops.SFU_EXP2_PER_CLOCK) / (matmul_flops / flops.TENSOR_FLOPS_PER_CLOCK)
 
 
-@pytest.mark.parametrize("kernel", ["mosaic_selection_fwd", "mosaic_selection_bwd_dq", "mosaic_selection_bwd_dkv"])
-def test_compiled_kernels_take_the_exponentials_the_flop_model_counts(kernel, monkeypatch):
+@pytest.mark.parametrize("kernel, name", [("mosaic_selection_fwd", "forward"), ("mosaic_selection_bwd_dq", "dq"),
+                                          ("mosaic_selection_bwd_dkv", "dk/dv")])
+def test_compiled_kernels_take_the_exponentials_the_flop_model_counts(kernel, name, monkeypatch):
     """flops.exp_to_matmul_time assumes one exp2 per (query row, kv row) pair; the kernels' PTX has
     it: counted over the compiled code (one kv block per loop body; the forward adds 2 per thread
     for the running max's rescale)."""
     monkeypatch.setenv("MOSAIC_GPU_DUMP_PTX", "1")
     shape = AttentionShape("ptx", 4096, 4, 1, 64, 1024, 128, 8)  # shapes no other test compiles
-    q, kv, lse, idx = _abstract(shape, shape.sparse_block_size, shape.top_k)
-    kw = dict(block_size=shape.sparse_block_size, config=SelectionConfig(num_compute_wgs=1))
-    fn, args = {
-        "mosaic_selection_fwd": (lambda q, k, v, i: selection_forward(q, k, v, i, **kw), (q, kv, kv, idx)),
-        "mosaic_selection_bwd_dq": (lambda q, k, v, do, l, de, i: selection_backward_dq(q, k, v, do, l, de, i, **kw),
-                                    (q, kv, kv, q, lse, lse, idx)),
-        "mosaic_selection_bwd_dkv": (lambda q, k, v, do, l, de, i: selection_backward_dkv(q, k, v, do, l, de, i, **kw),
-                                     (q, kv, kv, q, lse, lse, idx)),
-    }[kernel]
+    fn, args = _selection_kernels(shape, shape.sparse_block_size, shape.top_k,
+                                  SelectionConfig(num_compute_wgs=1))[name]
     ptx = deviceless.compile_kernel(fn, *args).ptxas_log
     assert f".entry {kernel}_mosaic_gpu_kernel" in ptx, "no PTX in the compiler's log"
     assert _ptx_exp_to_matmul_time(ptx) == pytest.approx(flops.exp_to_matmul_time(kernel, shape.head_dim), rel=0.05)
