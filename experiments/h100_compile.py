@@ -128,25 +128,24 @@ def kernel_cases(stages, wgs_options) -> list[KernelCase]:
             idx = s((1, stage.kv_heads, stage.tokens // block, top_k), jnp.int32)
             for wgs in wgs_options:
                 cfg = SelectionConfig(num_compute_wgs=wgs)
-                pp = SelectionConfig(num_compute_wgs=wgs, pingpong=True)
-                kernels = [
-                    ("forward", lambda q, k, v, i, b=block, c=cfg: selection_forward(q, k, v, i, block_size=b, config=c),
-                     (q, kv, kv, idx)),
+                # the forward kernels also with the two compute warpgroups taking turns on the tensor cores
+                forward_variants = [("", cfg)] + ([(", ping-pong", SelectionConfig(num_compute_wgs=wgs, pingpong=True))]
+                                                  if wgs == 2 else [])
+                kernels = [(f"forward{suffix}", lambda q, k, v, i, b=block, c=c: selection_forward(
+                    q, k, v, i, block_size=b, config=c), (q, kv, kv, idx)) for suffix, c in forward_variants]
+                kernels += [
                     ("dq", lambda q, k, v, do, l, de, i, b=block, c=cfg: selection_backward_dq(
                         q, k, v, do, l, de, i, block_size=b, config=c), (q, kv, kv, q, lse, lse, idx)),
                     ("dk/dv", lambda q, k, v, do, l, de, i, b=block, c=cfg: selection_backward_dkv(
                         q, k, v, do, l, de, i, block_size=b, config=c), (q, kv, kv, q, lse, lse, idx)),
                 ]
-                if wgs == 2:  # the two compute warpgroups taking turns on the tensor cores
-                    kernels.append(("forward, ping-pong", lambda q, k, v, i, b=block, c=pp: selection_forward(
-                        q, k, v, i, block_size=b, config=c), (q, kv, kv, idx)))
                 if branch == "selected" and fused_kernel.can_fuse(stage.block_attn_size, block):
                     local_steps = stage.block_attn_size // block
                     table = s((1, stage.kv_heads, stage.tokens // block, local_steps + top_k), jnp.int32)
                     gates = s((1, stage.q_heads, 3, stage.tokens), jnp.float32)
                     o_cmp = s((1, stage.tokens // block, stage.q_heads, stage.head_dim), jnp.float32)
-                    for name, c in [("fused forward", cfg)] + ([("fused forward, ping-pong", pp)] if wgs == 2 else []):
-                        kernels.append((name, lambda q, k, v, i, g, o, b=block, c=c, ls=local_steps:
+                    for suffix, c in forward_variants:
+                        kernels.append((f"fused forward{suffix}", lambda q, k, v, i, g, o, b=block, c=c, ls=local_steps:
                                         fused_kernel.fused_forward(q, k, v, i, g, o, block_size=b, local_steps=ls,
                                                                    out_dtype=q.dtype, config=c),
                                         (q, kv, kv, table, gates, o_cmp)))
