@@ -5,11 +5,13 @@ What it measures, all in one run on one device:
      float32 pure-JAX reference on the same selection, output and q/k/v gradients, and the
      whole attention pallas vs xla; relative L2, bound 2e-2 for bf16 (as the CPU tests);
   1. the bf16 matmul rate of this GPU (8192^3, the ceiling every TFLOP/s is compared with);
-  2. the selection-branch kernels alone at the stage-1 shape: forward (also with the two
-     compute warpgroups taking turns on the tensor cores, SelectionConfig(pingpong=True)),
-     and backward (dq + dk/dv kernels) -- targets 50% / 35% of the measured matmul rate;
-  3. the whole Mosaic attention, impl="pallas" (and its forward variants: the fused
-     local+selected kernel, ping-pong, both; each kept off by default unless it wins here)
+  2. the selection-branch kernels alone at the stage-1 shape: forward (also on the two other
+     softmax schedules, SOFTMAX_SCHEDULES: the compute warpgroups taking turns on the tensor
+     cores, or each one's softmax under its own next wgmma), and backward (dq + dk/dv
+     kernels) -- targets 50% / 35% of the measured matmul rate;
+  3. the whole Mosaic attention, impl="pallas" (and its forward variants, VARIANT_CONFIGS: the
+     fused local+selected kernel and the two schedules, alone and together; each kept off by
+     default unless it wins here)
      and impl="xla", forward and forward+backward,
      at the three stage shapes of the published config, in ms and TFLOP/s (FLOPs of the
      three branches as defined, pallas_kernels/mosaic_attention/flops.py), beside dense
@@ -66,10 +68,21 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 STAGES = PUBLISHED_STAGES  # (name, tokens, Hq, Hk, head_dim, block_attn, sparse block, top-k)
 SCALING_LENGTHS = [8_192 * 2**i for i in range(7)]  # 8k .. 512k
 TINY_STAGES = [("tiny", 512, 2, 1, 64, 256, 128, 2)]  # --interpret-smoke (local tile = sparse block: fusable)
+# The forward kernels' softmax schedules besides the default (SelectionConfig): the two compute
+# warpgroups taking turns on the tensor cores, or each one issuing its next QK^T and PV before its softmax.
+SOFTMAX_SCHEDULES = {"ping-pong": SelectionConfig(pingpong=True),
+                     "overlap": SelectionConfig(intra_warpgroup_overlap=True)}
 FUSED = "pallas, fused forward"  # SelectionConfig(fuse_forward=True): local + selected in one kernel
-# SelectionConfig(pingpong=True): the forward kernels' two compute warpgroups take turns on the tensor cores
 PINGPONG, FUSED_PINGPONG = "pallas, ping-pong", "pallas, fused forward, ping-pong"
-FORWARD_ONLY = (FUSED, PINGPONG, FUSED_PINGPONG)  # variants of the forward kernels: the backward is "pallas"'s
+OVERLAP, FUSED_OVERLAP = "pallas, overlap", "pallas, fused forward, overlap"
+VARIANT_CONFIGS = {  # impl="pallas" with other forward kernels; the backward kernels are "pallas"'s
+    FUSED: SelectionConfig(fuse_forward=True),
+    PINGPONG: SOFTMAX_SCHEDULES["ping-pong"],
+    FUSED_PINGPONG: SelectionConfig(fuse_forward=True, pingpong=True),
+    OVERLAP: SOFTMAX_SCHEDULES["overlap"],
+    FUSED_OVERLAP: SelectionConfig(fuse_forward=True, intra_warpgroup_overlap=True),
+}
+FORWARD_ONLY = tuple(VARIANT_CONFIGS)  # timed forward only
 DENSE = "dense cuDNN flash"  # full attention over the same tokens: the issue's 20x baseline
 TOL_BF16 = 2e-2  # relative L2 bound for bf16 inputs (issue 3; the CPU tests use the same)
 
@@ -178,7 +191,7 @@ def check_correctness(stage, batch: int) -> dict:
     return row
 
 
-def bench_selection(stage, iters: int, batch: int, pingpong: bool = True) -> dict:
+def bench_selection(stage, iters: int, batch: int, schedules: dict[str, SelectionConfig] = SOFTMAX_SCHEDULES) -> dict:
     name, n, hq, hk, d, _, bs, top_k = stage
     sets = [_inputs(s, batch, n, hq, hk, d)[:3] for s in range(3)]
     sets = [(q, k, v, reference.select_blocks(q, k, bs, top_k)) for q, k, v in sets]
@@ -198,10 +211,10 @@ def bench_selection(stage, iters: int, batch: int, pingpong: bool = True) -> dic
     bwd_ms = best_ms(t_fb) - best_ms(t_fwd)  # the backward kernels + delta, without the forward
     out = {"stage": name, "fwd": t_fwd, "fwd_bwd": t_fb, "fwd_tflops": tflops(sel, best_ms(t_fwd)),
            "bwd_ms": bwd_ms, "bwd_tflops": tflops(flops.BWD_FACTOR * sel, bwd_ms)}
-    if pingpong:
-        fwd_pp = jax.jit(functools.partial(selection_forward, block_size=bs, config=SelectionConfig(pingpong=True)))
-        t_pp = time_fn(fwd_pp, sets, iters)
-        out |= {"fwd_pingpong": t_pp, "fwd_pingpong_tflops": tflops(sel, best_ms(t_pp))}
+    out["schedules"] = {}
+    for schedule, config in schedules.items():
+        t = time_fn(jax.jit(functools.partial(selection_forward, block_size=bs, config=config)), sets, iters)
+        out["schedules"][schedule] = {"fwd": t, "fwd_tflops": tflops(sel, best_ms(t))}
     return out
 
 
@@ -214,10 +227,8 @@ def _attention(stage, impl: str):
     kw = dict(block_attn_size=block, sparse_block_size=bs, top_k=top_k)
     if impl == "pallas":
         return functools.partial(pallas_mosaic_attention, **kw)
-    configs = {FUSED: SelectionConfig(fuse_forward=True), PINGPONG: SelectionConfig(pingpong=True),
-               FUSED_PINGPONG: SelectionConfig(fuse_forward=True, pingpong=True)}
-    if impl in configs:
-        return functools.partial(pallas_mosaic_attention, config=configs[impl], **kw)
+    if impl in VARIANT_CONFIGS:
+        return functools.partial(pallas_mosaic_attention, config=VARIANT_CONFIGS[impl], **kw)
     return functools.partial(reference.mosaic_attention, **kw)
 
 
@@ -372,9 +383,9 @@ def render(meta, mm, sel, mosaic, scaling, batch, checks=None) -> str:
                 f"{100 * sel['fwd_tflops'] / rate:.0f}% | >= 50% |",
                 f"| backward (fwd+bwd minus fwd) | {sel['bwd_ms']:.3f} | {sel['bwd_tflops']:.1f} | "
                 f"{100 * sel['bwd_tflops'] / rate:.0f}% | >= 35% |"]
-        if "fwd_pingpong" in sel:
-            out.append(f"| forward, ping-pong | {_fmt_ms(sel['fwd_pingpong'])} | {sel['fwd_pingpong_tflops']:.1f} | "
-                       f"{100 * sel['fwd_pingpong_tflops'] / rate:.0f}% | >= 50% |")
+        for schedule, t in sel.get("schedules", {}).items():
+            out.append(f"| forward, {schedule} | {_fmt_ms(t['fwd'])} | {t['fwd_tflops']:.1f} | "
+                       f"{100 * t['fwd_tflops'] / rate:.0f}% | >= 50% |")
         out.append("")
     if mosaic:
         out += ["### Whole Mosaic attention", "", "| stage | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |",
@@ -440,8 +451,9 @@ def main(argv=None) -> int:
             # machine their third launch in one process hung, with warpgroup 1 waiting at its
             # first turn for warpgroup 0, whose simulation had not started (a GPU runs every
             # warpgroup of a CTA at once).
-            sel = bench_selection(TINY_STAGES[0], 1, 1, pingpong=False)
-            mosaic = bench_mosaic(TINY_STAGES[0], 1, 1, impls=("pallas", FUSED, "xla", DENSE))
+            overlap_only = {"overlap": SOFTMAX_SCHEDULES["overlap"]}
+            sel = bench_selection(TINY_STAGES[0], 1, 1, schedules=overlap_only)
+            mosaic = bench_mosaic(TINY_STAGES[0], 1, 1, impls=("pallas", FUSED, OVERLAP, "xla", DENSE))
         print("selection", sel)
         print("mosaic", mosaic)
         meta = {"command": "--interpret-smoke", "device": "cpu (interpret mode)", "jax": jax.__version__,

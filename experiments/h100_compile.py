@@ -128,9 +128,11 @@ def kernel_cases(stages, wgs_options) -> list[KernelCase]:
             idx = s((1, stage.kv_heads, stage.tokens // block, top_k), jnp.int32)
             for wgs in wgs_options:
                 cfg = SelectionConfig(num_compute_wgs=wgs)
-                # the forward kernels also with the two compute warpgroups taking turns on the tensor cores
+                # the forward kernels also on the other softmax schedules: the two compute warpgroups taking
+                # turns on the tensor cores, and each warpgroup's softmax under its own next wgmma
                 forward_variants = [("", cfg)] + ([(", ping-pong", SelectionConfig(num_compute_wgs=wgs, pingpong=True))]
                                                   if wgs == 2 else [])
+                forward_variants.append((", overlap", SelectionConfig(num_compute_wgs=wgs, intra_warpgroup_overlap=True)))
                 kernels = [(f"forward{suffix}", lambda q, k, v, i, b=block, c=c: selection_forward(
                     q, k, v, i, block_size=b, config=c), (q, kv, kv, idx)) for suffix, c in forward_variants]
                 kernels += [

@@ -34,18 +34,27 @@ class SelectionConfig:
       other's wgmma do. At head_dim 64 a score's exp2 takes as long as its matrix products
       (flops.exp_to_matmul_time), so without this overlap the forward cannot pass 50% of
       the matmul peak. Off until an H100 timing shows it faster.
+    intra_warpgroup_overlap: in the forward kernels, each compute warpgroup issues the next kv
+      block's QK^T and this block's PV before its softmax, which then runs under them
+      (FlashAttention-3's intra-warpgroup overlap); the other way to the same overlap, one that
+      needs no second warpgroup and costs a second P tile in SMEM. Off until an H100 timing
+      shows it faster; not combined with ``pingpong``.
     """
 
     num_compute_wgs: int = 2
     max_concurrent_steps: int = 2
     fuse_forward: bool = False
     pingpong: bool = False
+    intra_warpgroup_overlap: bool = False
 
     def __post_init__(self):
         if self.num_compute_wgs not in (1, 2):
             raise ValueError(f"num_compute_wgs={self.num_compute_wgs} must be 1 or 2")
         if self.max_concurrent_steps < 1:
             raise ValueError(f"max_concurrent_steps={self.max_concurrent_steps} must be >= 1")
+        if self.pingpong and self.intra_warpgroup_overlap:
+            raise ValueError("pingpong and intra_warpgroup_overlap are two schedules of the forward kernels' "
+                             "softmax; set one of them")
 
     def compute_wgs_for(self, rows: int) -> int:
         """Compute warpgroups per CTA for ``rows`` = G*sparse_block_size query rows."""

@@ -31,11 +31,12 @@ from pallas_kernels.mosaic_attention.config import BLOCK_Q, DEFAULT_CONFIG, Sele
 from pallas_kernels.mosaic_attention.local_kernel import local_attention, local_indices
 from pallas_kernels.mosaic_attention.selection_kernel import (
     LOG2E,
+    _KvRing,
     _launch,
+    _p_scratch,
     _query_tile,
     _row_bcast,
-    _softmax_state,
-    _softmax_step,
+    _softmax_loop,
     _stream_kv_blocks,
     _taking_turns,
     selected_attention,
@@ -75,6 +76,7 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
                                   q_smem, p_smem, o_smem, gates_smem, cmp_smem, k_smem, v_smem,
                                   q_bar, k_bar, v_bar, k_free, v_free, *pingpong_bar):
         turn = pingpong_bar[0] if pingpong_bar else None  # the ping-pong barrier, if allocated
+        ring = _KvRing(k_smem, v_smem, k_bar, v_bar, k_free, v_free)
         bi = lax.axis_index("b")
         h = lax.axis_index("h")
         qb = lax.axis_index("qb")
@@ -90,13 +92,11 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
             plgpu.copy_gmem_to_smem(cmp_ref.at[bi, qb, head], cmp_smem.at[wg], q_bar.at[wg])
             plgpu.barrier_wait(q_bar.at[wg])
 
-            step = _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, steps=steps,
-                                 block_size=bs, head_dim=d, scale_log2=scale_log2, dtype=dtype,
-                                 turn=turn)
+            loop = _softmax_loop(q_tile, p_tile, ring, config=config, turn=turn, steps=steps, block_size=bs,
+                                 head_dim=d, scale_log2=scale_log2, dtype=dtype)
 
-            def kv_loops():  # the ring runs on across the two loops: step j always uses slot j % steps
-                return (lax.fori_loop(0, local_steps, step, _softmax_state(d)),
-                        lax.fori_loop(local_steps, total, step, _softmax_state(d)))
+            def kv_loops():  # the ring runs on across the two loops: block j always uses slot j % steps
+                return loop(0, local_steps), loop(local_steps, total)
 
             (acc_local, _, l_local), (acc_sel, _, l_sel) = _taking_turns(turn, wg, kv_loops)
             g_local, g_cmp, g_sel = (plgpu.load(gates_smem.at[wg, i], layout=plgpu.Layout.WGMMA.reduce(1))
@@ -111,8 +111,8 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
             plgpu.wait_smem_to_gmem(0)
 
         def memory():
-            _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
-                              block_size=bs, steps=steps, num_blocks=total)
+            _stream_kv_blocks(idx_ref, k_ref, v_ref, ring, bi=bi, h=h, qb=qb, block_size=bs, steps=steps,
+                              num_blocks=total)
 
         warp_specialized(wg, wgs, compute, memory)
 
@@ -121,7 +121,7 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
     out_transforms = t16 if out_dtype.itemsize == 2 else ()
     scratch = (
         plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # q tiles
-        plgpu.SMEM((wgs, BLOCK_Q, bs), dtype, transforms=t16),  # P staged for the PV wgmma
+        _p_scratch(wgs, bs, dtype, config),  # P staged for the PV wgmma
         plgpu.SMEM((wgs, BLOCK_Q, d), out_dtype, transforms=out_transforms),  # gated output tiles
         plgpu.SMEM((wgs, 3, BLOCK_Q), jnp.float32),  # the three gates of the tile's rows
         plgpu.SMEM((wgs, d), jnp.float32),  # the compressed branch's row of the tile's query block

@@ -11,7 +11,10 @@ Three kernels, all warp-specialized (``num_compute_wgs`` compute warpgroups + 1 
 warpgroup that streams tiles through a TMA ring of ``max_concurrent_steps`` slots):
 
 * forward: per 64-row query tile, online softmax over the selected blocks in float32;
-  returns o (float32) and the natural-log log-sum-exp ``lse`` (B, Hq, N).
+  returns o (float32) and the natural-log log-sum-exp ``lse`` (B, Hq, N). Its softmax
+  (``_softmax_loop``) runs on one of three schedules: wgmma then softmax in turn (default),
+  the two compute warpgroups taking turns on the tensor cores (``pingpong``), or each
+  warpgroup's softmax under its own next QK^T and PV (``intra_warpgroup_overlap``).
 * dq: same grid as the forward, recomputes P from lse, ``dq = scale * dS @ K``.
 * dk/dv: one CTA per (kv block, kv head); it walks the list of (query block, head) pairs
   that selected its block -- the inverse of the selection, built on device by a stable
@@ -37,7 +40,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -119,8 +122,20 @@ def _drain(free_a, free_b, num_steps, steps: int) -> None:
             plgpu.barrier_wait(free_b.at[slot])
 
 
-def _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, *, bi, h, qb,
-                      block_size: int, steps: int, num_blocks: int) -> None:
+class _KvRing(NamedTuple):
+    """The ``steps``-slot TMA ring of streamed kv blocks: K and V tiles, their arrival barriers
+    (memory warpgroup -> compute) and their release barriers (compute -> memory)."""
+
+    k: Any
+    v: Any
+    k_bar: Any
+    v_bar: Any
+    k_free: Any
+    v_free: Any
+
+
+def _stream_kv_blocks(idx_ref, k_ref, v_ref, ring: _KvRing, *, bi, h, qb, block_size: int, steps: int,
+                      num_blocks: int) -> None:
     """Memory warpgroup of the kernels that stream kv blocks (forward, dq, fused forward).
 
     Copies K and V of blocks ``idx_ref[bi, h, qb, 0..num_blocks)`` through the ``steps``-slot
@@ -131,11 +146,11 @@ def _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_fre
     def issue(j, slot, wait_free):
         rows = pl.ds(idx_ref[bi, h, qb, j] * block_size, block_size)
         if wait_free:
-            plgpu.barrier_wait(k_free.at[slot])
-        plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, h], k_smem.at[slot], k_bar.at[slot])
+            plgpu.barrier_wait(ring.k_free.at[slot])
+        plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, h], ring.k.at[slot], ring.k_bar.at[slot])
         if wait_free:
-            plgpu.barrier_wait(v_free.at[slot])
-        plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, h], v_smem.at[slot], v_bar.at[slot])
+            plgpu.barrier_wait(ring.v_free.at[slot])
+        plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, h], ring.v.at[slot], ring.v_bar.at[slot])
 
     for i in range(steps):
         issue(i, i, wait_free=False)
@@ -144,7 +159,7 @@ def _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_fre
     def _(j):
         issue(j, lax.rem(j, jnp.int32(steps)), wait_free=True)
 
-    _drain(k_free, v_free, num_blocks, steps)
+    _drain(ring.k_free, ring.v_free, num_blocks, steps)
 
 
 def _rendezvous(turn) -> None:
@@ -177,8 +192,19 @@ def _softmax_state(head_dim: int):
             plgpu.layout_cast(jnp.full((BLOCK_Q,), 0.0, jnp.float32), plgpu.Layout.WGMMA.reduce(1)))
 
 
-def _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, *, steps: int,
-                  block_size: int, head_dim: int, scale_log2: float, dtype, turn=None):
+def _softmax_update(s, m, l, scale_log2: float):
+    """Block scores ``s`` into the online softmax state (m, l): ``(p, m_new, alpha, l_new)``,
+    alpha rescaling what was accumulated under the old max."""
+    # Scores in log2 units: one FMA per element inside exp2.
+    m_new = jnp.maximum(m, s.max(axis=1) * scale_log2)
+    alpha = jnp.exp2(m - m_new)
+    p = jnp.exp2(s * scale_log2 - _row_bcast(m_new, s.shape))
+    l = l * alpha + p.sum(axis=1)
+    return p, m_new, alpha, l
+
+
+def _softmax_step(q_tile, p_tile, ring: _KvRing, *, steps: int, block_size: int, head_dim: int, scale_log2: float,
+                  dtype, turn=None):
     """``step(j, (acc, m, l))``: one streamed kv block (ring slot j % steps) of the online softmax.
 
     ``turn``: the ping-pong barrier of ``_taking_turns``, or None.
@@ -188,27 +214,103 @@ def _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, 
     def step(j, carry):
         acc, m, l = carry
         slot = lax.rem(j, jnp.int32(steps))
-        plgpu.barrier_wait(k_bar.at[slot])
-        s = _matmul(q_tile, k_smem.at[slot].T, (BLOCK_Q, block_size), while_running=qk_issued)
-        plgpu.barrier_arrive(k_free.at[slot])
-        # Scores in log2 units: one FMA per element inside exp2.
-        m_new = jnp.maximum(m, s.max(axis=1) * scale_log2)
-        alpha = jnp.exp2(m - m_new)
-        p = jnp.exp2(s * scale_log2 - _row_bcast(m_new, s.shape))
-        l = l * alpha + p.sum(axis=1)
+        plgpu.barrier_wait(ring.k_bar.at[slot])
+        s = _matmul(q_tile, ring.k.at[slot].T, (BLOCK_Q, block_size), while_running=qk_issued)
+        plgpu.barrier_arrive(ring.k_free.at[slot])
+        p, m_new, alpha, l = _softmax_update(s, m, l, scale_log2)
         p_tile[...] = p.astype(dtype)
         plgpu.commit_smem()
         if turn is not None:
             plgpu.barrier_arrive(turn)  # softmax done: the other warpgroup may issue its PV
-        plgpu.barrier_wait(v_bar.at[slot])
+        plgpu.barrier_wait(ring.v_bar.at[slot])
         if turn is not None:
             plgpu.barrier_wait(turn)  # the other warpgroup has issued its next QK^T
-        pv = _matmul(p_tile, v_smem.at[slot], (BLOCK_Q, head_dim))
-        plgpu.barrier_arrive(v_free.at[slot])
+        pv = _matmul(p_tile, ring.v.at[slot], (BLOCK_Q, head_dim))
+        plgpu.barrier_arrive(ring.v_free.at[slot])
         acc = acc * _row_bcast(alpha, acc.shape) + pv
         return acc, m_new, l
 
     return step
+
+
+def _overlapped_softmax_loop(q_tile, p_pair, ring: _KvRing, *, steps: int, block_size: int, head_dim: int,
+                             scale_log2: float, dtype):
+    """``loop(start, stop) -> (acc, m, l)``: the online softmax over kv blocks start..stop-1
+    (ring slot j % steps), each block's softmax running under the tensor cores' work on its
+    neighbours (``SelectionConfig.intra_warpgroup_overlap``).
+
+    Step j issues block j+1's QK^T, then block j's PV, waits for the QK^T only (wgmma groups
+    complete in order), computes block j+1's softmax while PV_j runs, then waits for PV_j.
+    P alternates between the two tiles of ``p_pair``: PV_j reads block j's while block j+1's
+    is written. Before the loop block ``start``'s scores are waited for; after it, the last PV.
+    """
+
+    def p_tile(j):
+        return p_pair.at[lax.rem(j, jnp.int32(2))]
+
+    def slot(j):
+        return lax.rem(j, jnp.int32(steps))
+
+    def step(j, carry):
+        acc, m, l = carry
+        this, nxt = slot(j), slot(j + 1)
+        plgpu.barrier_wait(ring.k_bar.at[nxt])
+
+        def with_scores(s_acc):
+            plgpu.wgmma(s_acc, q_tile, ring.k.at[nxt].T)
+            plgpu.barrier_wait(ring.v_bar.at[this])
+
+            def with_pv(pv_acc):
+                plgpu.wgmma(pv_acc, p_tile(j), ring.v.at[this])
+                s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # QK^T done; PV_j may still run
+                plgpu.barrier_arrive(ring.k_free.at[nxt])
+                p, m_new, alpha, l_new = _softmax_update(s, m, l, scale_log2)
+                p_tile(j + 1)[...] = p.astype(dtype)
+                plgpu.commit_smem()
+                pv = plgpu.wgmma_accumulator_load(pv_acc, wait_n=0)
+                plgpu.barrier_arrive(ring.v_free.at[this])
+                return (acc + pv) * _row_bcast(alpha, acc.shape), m_new, l_new
+
+            return pl.run_scoped(with_pv, plgpu.ACC((BLOCK_Q, head_dim), jnp.float32))
+
+        return pl.run_scoped(with_scores, plgpu.ACC((BLOCK_Q, block_size), jnp.float32))
+
+    def loop(start, stop):
+        acc, m, l = _softmax_state(head_dim)
+        first = slot(start)
+        plgpu.barrier_wait(ring.k_bar.at[first])
+        s = _matmul(q_tile, ring.k.at[first].T, (BLOCK_Q, block_size))
+        plgpu.barrier_arrive(ring.k_free.at[first])
+        p, m, _, l = _softmax_update(s, m, l, scale_log2)  # acc is zero: nothing to rescale
+        p_tile(start)[...] = p.astype(dtype)
+        plgpu.commit_smem()
+        acc, m, l = lax.fori_loop(start, stop - 1, step, (acc, m, l))
+        last = slot(stop - 1)
+        plgpu.barrier_wait(ring.v_bar.at[last])
+        acc = acc + _matmul(p_tile(stop - 1), ring.v.at[last], (BLOCK_Q, head_dim))
+        plgpu.barrier_arrive(ring.v_free.at[last])
+        return acc, m, l
+
+    return loop
+
+
+def _softmax_loop(q_tile, p_tiles, ring: _KvRing, *, config: SelectionConfig, turn, steps: int, block_size: int,
+                  head_dim: int, scale_log2: float, dtype) -> Callable[..., tuple]:
+    """``loop(start, stop) -> (acc, m, l)``: a compute warpgroup's online softmax over the streamed
+    kv blocks start..stop-1, on the schedule ``config`` asks for. ``p_tiles``: the warpgroup's P
+    tile, or its two (``_p_scratch``); ``turn``: the ping-pong barrier, or None."""
+    kw = dict(steps=steps, block_size=block_size, head_dim=head_dim, scale_log2=scale_log2, dtype=dtype)
+    if config.intra_warpgroup_overlap:
+        return _overlapped_softmax_loop(q_tile, p_tiles, ring, **kw)
+    step = _softmax_step(q_tile, p_tiles, ring, turn=turn, **kw)
+    return lambda start, stop: lax.fori_loop(start, stop, step, _softmax_state(head_dim))
+
+
+def _p_scratch(wgs: int, block_size: int, dtype, config: SelectionConfig):
+    """The forward kernels' SMEM for P, staged for the PV wgmma: one (64, block_size) tile per
+    compute warpgroup, two with the intra-warpgroup overlap (PV_j reads one, P_{j+1} is written)."""
+    tiles = (2,) if config.intra_warpgroup_overlap else ()
+    return plgpu.SMEM((wgs, *tiles, BLOCK_Q, block_size), dtype, transforms=wgmma_operand_transforms())
 
 
 # --------------------------------------------------------------------------- forward
@@ -234,6 +336,7 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
                q_smem, p_smem, o_smem, lse_smem, k_smem, v_smem,
                q_bar, k_bar, v_bar, k_free, v_free, *pingpong_bar):
         turn = pingpong_bar[0] if pingpong_bar else None  # the ping-pong barrier, if allocated
+        ring = _KvRing(k_smem, v_smem, k_bar, v_bar, k_free, v_free)
         bi = lax.axis_index("b")
         h = lax.axis_index("h")
         qb = lax.axis_index("qb")
@@ -245,11 +348,9 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
             plgpu.copy_gmem_to_smem(q_ref.at[bi, pl.ds(tok, BLOCK_Q), head], q_tile, q_bar.at[wg])
             plgpu.barrier_wait(q_bar.at[wg])
 
-            step = _softmax_step(q_tile, p_tile, k_smem, v_smem, k_bar, v_bar, k_free, v_free, steps=steps,
-                                 block_size=bs, head_dim=d, scale_log2=scale_log2, dtype=dtype,
-                                 turn=turn)
-            acc, m, l = _taking_turns(turn, wg,
-                                      lambda: lax.fori_loop(0, top_k, step, _softmax_state(d)))
+            loop = _softmax_loop(q_tile, p_tile, ring, config=config, turn=turn, steps=steps, block_size=bs,
+                                 head_dim=d, scale_log2=scale_log2, dtype=dtype)
+            acc, m, l = _taking_turns(turn, wg, lambda: loop(0, top_k))
             o_smem.at[wg][...] = acc / _row_bcast(l, acc.shape)
             lse_smem.at[wg][...] = (m + jnp.log2(l)) * LN2
             plgpu.commit_smem()
@@ -258,15 +359,15 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
             plgpu.wait_smem_to_gmem(0)
 
         def memory():
-            _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
-                              block_size=bs, steps=steps, num_blocks=top_k)
+            _stream_kv_blocks(idx_ref, k_ref, v_ref, ring, bi=bi, h=h, qb=qb, block_size=bs, steps=steps,
+                              num_blocks=top_k)
 
         warp_specialized(wg, wgs, compute, memory)
 
     t16 = wgmma_operand_transforms()
     scratch = (
         plgpu.SMEM((wgs, BLOCK_Q, d), dtype, transforms=t16),  # q tiles
-        plgpu.SMEM((wgs, BLOCK_Q, bs), dtype, transforms=t16),  # P staged for the PV wgmma
+        _p_scratch(wgs, bs, dtype, config),  # P staged for the PV wgmma
         plgpu.SMEM((wgs, BLOCK_Q, d), jnp.float32),  # o tiles
         plgpu.SMEM((wgs, BLOCK_Q), jnp.float32),  # lse tiles
         plgpu.SMEM((steps, bs, d), dtype, transforms=t16),  # k ring
@@ -365,8 +466,9 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
             plgpu.wait_smem_to_gmem(0)
 
         def memory():
-            _stream_kv_blocks(idx_ref, k_ref, v_ref, k_smem, v_smem, k_bar, v_bar, k_free, v_free, bi=bi, h=h, qb=qb,
-                              block_size=bs, steps=steps, num_blocks=top_k)
+            ring = _KvRing(k_smem, v_smem, k_bar, v_bar, k_free, v_free)
+            _stream_kv_blocks(idx_ref, k_ref, v_ref, ring, bi=bi, h=h, qb=qb, block_size=bs, steps=steps,
+                              num_blocks=top_k)
 
         warp_specialized(wg, wgs, compute, memory)
 

@@ -95,9 +95,16 @@ def test_selected_attention_values_and_gradients(b, n, hq, hk, d, bs, top_k, dty
 # ping-pong kernel hung GPU interpret mode on a 2-core machine, warpgroup 0's simulation never
 # starting while warpgroup 1 waited for it (see bench_attention.py's --interpret-smoke).
 PINGPONG = SelectionConfig(pingpong=True)
+# Each warpgroup's softmax under its own next QK^T and PV (SelectionConfig.intra_warpgroup_overlap):
+# same results. GPU interpret mode runs a wgmma synchronously, so what these show is the
+# arithmetic and the ring and P-tile bookkeeping; that the waits let the wgmma run concurrently
+# is checked in the compiled PTX (test_sm90_compile.py).
+OVERLAP = SelectionConfig(intra_warpgroup_overlap=True)
+FORWARD_SCHEDULES = [pytest.param(SelectionConfig(), id="default"), pytest.param(PINGPONG, id="pingpong"),
+                     pytest.param(OVERLAP, id="overlap")]
 
 
-@pytest.mark.parametrize("config", [SelectionConfig(), PINGPONG], ids=["default", "pingpong"])
+@pytest.mark.parametrize("config", FORWARD_SCHEDULES)
 def test_selection_forward_lse(config):
     b, n, hq, hk, d, bs, top_k = 1, 256, 2, 1, 64, 64, 3  # G*bs = 128 rows: two compute warpgroups
     q, k, v, _, _ = inputs(3, b, n, hq, hk, d, jnp.bfloat16)
@@ -107,6 +114,27 @@ def test_selection_forward_lse(config):
         o, lse = selection_forward(q, k, v, indices, block_size=bs, config=config)
     assert rel_l2(lse, selected_lse_reference(q, k, indices, bs)) <= 1e-3
     assert rel_l2(o, reference.selected_attention(f32(q), f32(k), f32(v), indices, bs)) <= TOL_16BIT
+
+
+@pytest.mark.parametrize("max_concurrent_steps, top_k", [(1, 3), (3, 2)])
+def test_overlapped_forward_with_any_ring_depth(max_concurrent_steps, top_k):
+    """The intra-warpgroup overlap reads block j+1's K while block j's V is in use: with a
+    one-slot ring both are in slot 0, and with more slots than blocks the ring never wraps.
+    GQA 1, so one compute warpgroup (G*bs = 64 rows); float16."""
+    b, n, hq, hk, d, bs = 2, 256, 1, 1, 64, 64
+    config = SelectionConfig(intra_warpgroup_overlap=True, max_concurrent_steps=max_concurrent_steps)
+    assert config.compute_wgs_for(hq // hk * bs) == 1
+    q, k, v, _, _ = inputs(13, b, n, hq, hk, d, jnp.float16)
+    indices = random_selection(14, b, hk, n // bs, top_k)
+    with interpret():
+        o, lse = selection_forward(q, k, v, indices, block_size=bs, config=config)
+    assert rel_l2(lse, selected_lse_reference(q, k, indices, bs)) <= 1e-3
+    assert rel_l2(o, reference.selected_attention(f32(q), f32(k), f32(v), indices, bs)) <= TOL_16BIT
+
+
+def test_forward_schedules_are_exclusive():
+    with pytest.raises(ValueError, match="pingpong and intra_warpgroup_overlap"):
+        SelectionConfig(pingpong=True, intra_warpgroup_overlap=True)
 
 
 def test_local_attention_values_and_gradients():
@@ -121,7 +149,7 @@ def test_local_attention_values_and_gradients():
         assert rel_l2(grad, grad_ref) <= TOL_16BIT, name
 
 
-@pytest.mark.parametrize("config", [SelectionConfig(), PINGPONG], ids=["default", "pingpong"])
+@pytest.mark.parametrize("config", FORWARD_SCHEDULES)
 def test_mosaic_attention_values_and_gradients(config):
     b, n, hq, hk, d = 1, 256, 2, 1, 64
     kw = dict(block_attn_size=128, sparse_block_size=64, top_k=2)
@@ -146,7 +174,8 @@ FUSED_CASES = [
 
 @pytest.mark.parametrize("b,n,hq,hk,d,block,bs,top_k,dtype,out_dtype,config",
                          [pytest.param(*case, SelectionConfig(), id=f"case{i}") for i, case in enumerate(FUSED_CASES)]
-                         + [pytest.param(*FUSED_CASES[0], PINGPONG, id="case0-pingpong")])
+                         + [pytest.param(*FUSED_CASES[0], PINGPONG, id="case0-pingpong"),
+                            pytest.param(*FUSED_CASES[1], OVERLAP, id="case1-overlap")])
 def test_fused_forward_is_the_gated_sum_of_the_three_branches(b, n, hq, hk, d, block, bs, top_k, dtype, out_dtype,
                                                               config):
     assert fused_kernel.can_fuse(block, bs)
