@@ -144,7 +144,8 @@ def _softmax_runs_under_its_own_wgmma(ptx: str) -> bool:
 def test_overlapped_forward_kernels_compile_for_sm90a_with_the_softmax_under_the_wgmma(monkeypatch):
     """SelectionConfig(intra_warpgroup_overlap=True) at the stage-1 shape: the forward and fused
     forward kernels compile (the forward without spills; the fused one, which also carries the
-    local branch's state through the selected loop, spills at most a few registers), and in the
+    local branch's state through the selected loop, spills 48 B, outside both kv loops in its
+    SASS: attention.md), and in the
     PTX each kv step's softmax runs between the wait for its QK^T and the wait for the PV issued
     after it. The default kernel has no such step."""
     monkeypatch.setenv("MOSAIC_GPU_DUMP_PTX", "1")
