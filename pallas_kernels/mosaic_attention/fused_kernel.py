@@ -31,10 +31,11 @@ from pallas_kernels.mosaic_attention.config import BLOCK_Q, DEFAULT_CONFIG, Sele
 from pallas_kernels.mosaic_attention.local_kernel import local_attention, local_indices
 from pallas_kernels.mosaic_attention.selection_kernel import (
     LOG2E,
+    _cta_coords,
     _KvRing,
     _launch,
     _p_scratch,
-    _query_tile,
+    _QueryBlockGrid,
     _row_bcast,
     _softmax_loop,
     _stream_kv_blocks,
@@ -59,15 +60,9 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
     query block (every token of a block receives its block's row).
     """
     b, n, hq, d = q.shape
-    hk = k.shape[2]
-    g = hq // hk
-    bs = block_size
-    nb = n // bs
-    total = indices.shape[-1]
     dtype = q.dtype
-    wgs = config.compute_wgs_for(g * bs)
-    tiles = g * bs // BLOCK_Q // wgs
-    steps = min(config.max_concurrent_steps, total)
+    grid = _QueryBlockGrid.of(q, k, indices, block_size, config)
+    bs, total, wgs, steps = block_size, grid.num_blocks, grid.wgs, grid.steps
     scale_log2 = d**-0.5 * LOG2E
 
     pingpong = config.pingpong and wgs == 2
@@ -77,13 +72,10 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
                                   q_bar, k_bar, v_bar, k_free, v_free, *pingpong_bar):
         turn = pingpong_bar[0] if pingpong_bar else None  # the ping-pong barrier, if allocated
         ring = _KvRing(k_smem, v_smem, k_bar, v_bar, k_free, v_free)
-        bi = lax.axis_index("b")
-        h = lax.axis_index("h")
-        qb = lax.axis_index("qb")
-        wg = lax.axis_index("wg")
+        bi, h, qb, wg = _cta_coords("qb")
 
         def compute():
-            tok, head = _query_tile(lax.axis_index("tile") * wgs + wg, qb, h, g=g, bs=bs)
+            tok, head = grid.query_tile(qb, h, wg)
             rows = pl.ds(tok, BLOCK_Q)
             q_tile, p_tile = q_smem.at[wg], p_smem.at[wg]
             plgpu.copy_gmem_to_smem(q_ref.at[bi, rows, head], q_tile, q_bar.at[wg])
@@ -134,7 +126,7 @@ def fused_forward(q, k, v, indices, gates, o_cmp, *, block_size: int, local_step
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
     ) + ((plgpu.Barrier(num_arrivals=wgs),) if pingpong else ())
     out_type = jax.ShapeDtypeStruct((b, n, hq, d), out_dtype)
-    return _launch(mosaic_local_selected_fwd, out_type=out_type, scratch=scratch, grid=(nb, tiles, hk, b),
+    return _launch(mosaic_local_selected_fwd, out_type=out_type, scratch=scratch, grid=grid.shape,
                    block_axis="qb", wgs=wgs)(indices, q, k, v, gates, o_cmp)
 
 

@@ -73,16 +73,48 @@ def _row_bcast(x: jax.Array, shape) -> jax.Array:
     return lax.broadcast_in_dim(x, shape, [0])
 
 
-def _query_tile(t, qb, h, *, g: int, bs: int):
-    """Token start and query head of 64-row tile ``t`` of (query block qb, kv head h).
+class _QueryBlockGrid(NamedTuple):
+    """The grid of the kernels that stream kv blocks for query blocks (forward, dq, fused forward).
 
-    Rows of the packed (G*bs) space are ``g*bs + token``; bs % 64 == 0, so a tile never
-    straddles two heads.
+    One CTA per (query block, tile group, kv head, batch): the G*bs query rows of a (query
+    block, kv head) share its selection, and each of the CTA's ``wgs`` compute warpgroups
+    takes one 64-row tile of them. ``num_blocks`` kv blocks stream through a ``steps``-slot ring.
     """
-    row0 = t * BLOCK_Q
-    head = h * g + lax.div(row0, jnp.int32(bs))
-    tok = qb * bs + lax.rem(row0, jnp.int32(bs))
-    return tok, head
+
+    g: int  # query heads per kv head
+    block_size: int
+    num_blocks: int
+    wgs: int
+    steps: int
+    shape: tuple[int, int, int, int]  # (query blocks, tile groups, kv heads, batch)
+
+    @classmethod
+    def of(cls, q, k, indices, block_size: int, config: SelectionConfig) -> _QueryBlockGrid:
+        b, n, hq, _ = q.shape
+        hk = k.shape[2]
+        g = hq // hk
+        num_blocks = indices.shape[-1]
+        wgs = config.compute_wgs_for(g * block_size)
+        tiles = g * block_size // BLOCK_Q // wgs
+        return cls(g, block_size, num_blocks, wgs, min(config.max_concurrent_steps, num_blocks),
+                   (n // block_size, tiles, hk, b))
+
+    def query_tile(self, qb, h, wg):
+        """Token start and query head of compute warpgroup ``wg``'s 64-row tile of (query block
+        qb, kv head h), inside the kernel.
+
+        Rows of the packed (G*bs) space are ``g*bs + token``; bs % 64 == 0, so a tile never
+        straddles two heads.
+        """
+        row0 = (lax.axis_index("tile") * self.wgs + wg) * BLOCK_Q
+        head = h * self.g + lax.div(row0, jnp.int32(self.block_size))
+        tok = qb * self.block_size + lax.rem(row0, jnp.int32(self.block_size))
+        return tok, head
+
+
+def _cta_coords(block_axis: str):
+    """Inside a kernel of ``_launch``: (batch, kv head, block, warpgroup) indices."""
+    return lax.axis_index("b"), lax.axis_index("h"), lax.axis_index(block_axis), lax.axis_index("wg")
 
 
 def _launch(body, *, out_type, scratch, grid: tuple[int, int, int, int], block_axis: str, wgs: int):
@@ -319,15 +351,9 @@ def _p_scratch(wgs: int, block_size: int, dtype, config: SelectionConfig):
 def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionConfig = DEFAULT_CONFIG):
     """Forward of the selected branch: ``(o float32 (B,N,Hq,d), lse float32 (B,Hq,N))``."""
     b, n, hq, d = q.shape
-    hk = k.shape[2]
-    g = hq // hk
-    bs = block_size
-    nb = n // bs
-    top_k = indices.shape[-1]
     dtype = q.dtype
-    wgs = config.compute_wgs_for(g * bs)
-    tiles = g * bs // BLOCK_Q // wgs
-    steps = min(config.max_concurrent_steps, top_k)
+    grid = _QueryBlockGrid.of(q, k, indices, block_size, config)
+    bs, top_k, wgs, steps = block_size, grid.num_blocks, grid.wgs, grid.steps
     scale_log2 = d**-0.5 * LOG2E
 
     pingpong = config.pingpong and wgs == 2
@@ -337,13 +363,10 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
                q_bar, k_bar, v_bar, k_free, v_free, *pingpong_bar):
         turn = pingpong_bar[0] if pingpong_bar else None  # the ping-pong barrier, if allocated
         ring = _KvRing(k_smem, v_smem, k_bar, v_bar, k_free, v_free)
-        bi = lax.axis_index("b")
-        h = lax.axis_index("h")
-        qb = lax.axis_index("qb")
-        wg = lax.axis_index("wg")
+        bi, h, qb, wg = _cta_coords("qb")
 
         def compute():
-            tok, head = _query_tile(lax.axis_index("tile") * wgs + wg, qb, h, g=g, bs=bs)
+            tok, head = grid.query_tile(qb, h, wg)
             q_tile, p_tile = q_smem.at[wg], p_smem.at[wg]
             plgpu.copy_gmem_to_smem(q_ref.at[bi, pl.ds(tok, BLOCK_Q), head], q_tile, q_bar.at[wg])
             plgpu.barrier_wait(q_bar.at[wg])
@@ -379,7 +402,7 @@ def selection_forward(q, k, v, indices, *, block_size: int, config: SelectionCon
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
     ) + ((plgpu.Barrier(num_arrivals=wgs),) if pingpong else ())
     out_type = (jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32), jax.ShapeDtypeStruct((b, hq, n), jnp.float32))
-    return _launch(mosaic_selection_fwd, out_type=out_type, scratch=scratch, grid=(nb, tiles, hk, b), block_axis="qb",
+    return _launch(mosaic_selection_fwd, out_type=out_type, scratch=scratch, grid=grid.shape, block_axis="qb",
                    wgs=wgs)(indices, q, k, v)
 
 
@@ -412,27 +435,18 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
     ``do`` has q's dtype; ``lse`` and ``delta = rowsum(do * o)`` are (B, Hq, N) float32.
     """
     b, n, hq, d = q.shape
-    hk = k.shape[2]
-    g = hq // hk
-    bs = block_size
-    nb = n // bs
-    top_k = indices.shape[-1]
     dtype = q.dtype
-    wgs = config.compute_wgs_for(g * bs)
-    tiles = g * bs // BLOCK_Q // wgs
-    steps = min(config.max_concurrent_steps, top_k)
+    grid = _QueryBlockGrid.of(q, k, indices, block_size, config)
+    bs, top_k, wgs, steps = block_size, grid.num_blocks, grid.wgs, grid.steps
     scale = d**-0.5
 
     def mosaic_selection_bwd_dq(idx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref,
                q_smem, do_smem, ds_smem, dq_smem, lse_smem, delta_smem, k_smem, v_smem,
                in_bar, k_bar, v_bar, k_free, v_free):
-        bi = lax.axis_index("b")
-        h = lax.axis_index("h")
-        qb = lax.axis_index("qb")
-        wg = lax.axis_index("wg")
+        bi, h, qb, wg = _cta_coords("qb")
 
         def compute():
-            tok, head = _query_tile(lax.axis_index("tile") * wgs + wg, qb, h, g=g, bs=bs)
+            tok, head = grid.query_tile(qb, h, wg)
             rows = pl.ds(tok, BLOCK_Q)
             q_tile, do_tile, ds_tile = q_smem.at[wg], do_smem.at[wg], ds_smem.at[wg]
             plgpu.copy_gmem_to_smem(q_ref.at[bi, rows, head], q_tile, in_bar.at[wg, 0])
@@ -489,7 +503,7 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
         plgpu.Barrier(num_arrivals=wgs, num_barriers=steps),
     )
     dq_type = jax.ShapeDtypeStruct((b, n, hq, d), jnp.float32)
-    return _launch(mosaic_selection_bwd_dq, out_type=dq_type, scratch=scratch, grid=(nb, tiles, hk, b), block_axis="qb",
+    return _launch(mosaic_selection_bwd_dq, out_type=dq_type, scratch=scratch, grid=grid.shape, block_axis="qb",
                    wgs=wgs)(indices, q, k, v, do, lse, delta)
 
 
@@ -516,10 +530,7 @@ def selection_backward_dkv(q, k, v, do, lse, delta, indices, *, block_size: int,
     def mosaic_selection_bwd_dkv(inv_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
                k_smem, v_smem, st_smem, dk_smem, dv_smem, q_smem, do_smem, lse_smem, delta_smem,
                kv_bar, q_bar, do_bar, q_free, do_free):
-        bi = lax.axis_index("b")
-        h = lax.axis_index("h")
-        kb = lax.axis_index("kb")
-        wg = lax.axis_index("wg")
+        bi, h, kb, wg = _cta_coords("kb")
         start = off_ref[bi, h, kb]
         total = (off_ref[bi, h, kb + 1] - start) * g  # pipeline steps: (query block, head) pairs
 
