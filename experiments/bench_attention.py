@@ -8,7 +8,8 @@ What it measures, all in one run on one device:
   2. the selection-branch kernels alone at the stage-1 shape: forward (also on the two other
      softmax schedules, SOFTMAX_SCHEDULES: the compute warpgroups taking turns on the tensor
      cores, or each one's softmax under its own next wgmma), and backward (dq + dk/dv
-     kernels) -- targets 50% / 35% of the measured matmul rate;
+     kernels; also with the overlap, which puts dq's exponentials under its dP wgmma)
+     -- targets 50% / 35% of the measured matmul rate;
   3. the whole Mosaic attention, impl="pallas" (and its forward variants, VARIANT_CONFIGS: the
      fused local+selected kernel and the two schedules, alone and together; each kept off by
      default unless it wins here)
@@ -75,14 +76,15 @@ SOFTMAX_SCHEDULES = {"ping-pong": SelectionConfig(pingpong=True),
 FUSED = "pallas, fused forward"  # SelectionConfig(fuse_forward=True): local + selected in one kernel
 PINGPONG, FUSED_PINGPONG = "pallas, ping-pong", "pallas, fused forward, ping-pong"
 OVERLAP, FUSED_OVERLAP = "pallas, overlap", "pallas, fused forward, overlap"
-VARIANT_CONFIGS = {  # impl="pallas" with other forward kernels; the backward kernels are "pallas"'s
+VARIANT_CONFIGS = {  # impl="pallas" with other forward kernels (and, for the overlap, another dq kernel)
     FUSED: SelectionConfig(fuse_forward=True),
     PINGPONG: SOFTMAX_SCHEDULES["ping-pong"],
     FUSED_PINGPONG: SelectionConfig(fuse_forward=True, pingpong=True),
     OVERLAP: SOFTMAX_SCHEDULES["overlap"],
     FUSED_OVERLAP: SelectionConfig(fuse_forward=True, intra_warpgroup_overlap=True),
 }
-FORWARD_ONLY = tuple(VARIANT_CONFIGS)  # timed forward only
+# timed forward only: their backward is "pallas"'s, except the overlap's, whose dq kernel differs
+FORWARD_ONLY = tuple(impl for impl in VARIANT_CONFIGS if impl != OVERLAP)
 DENSE = "dense cuDNN flash"  # full attention over the same tokens: the issue's 20x baseline
 TOL_BF16 = 2e-2  # relative L2 bound for bf16 inputs (issue 3; the CPU tests use the same)
 
@@ -185,9 +187,13 @@ def check_correctness(stage, batch: int) -> dict:
     got = out_and_grads(_attention(stage, "pallas"), q, k, v, gates)
     want = out_and_grads(_attention(stage, "xla"), q, k, v, gates)
     row["whole (vs xla)"] = {key: _rel_l2(a, b) for key, a, b in zip(("o", "dq", "dk", "dv", "dgates"), got, want)}
-    for impl in FORWARD_ONLY:  # the forward kernels' variants: output only
-        row[f"whole, {impl.removeprefix('pallas, ')} (vs xla)"] = {
-            "o": _rel_l2(jax.jit(_attention(stage, impl))(q, k, v, gates), want[0])}
+    for impl in VARIANT_CONFIGS:  # the kernels' variants: output only where only the forward differs
+        what = f"whole, {impl.removeprefix('pallas, ')} (vs xla)"
+        if impl in FORWARD_ONLY:
+            row[what] = {"o": _rel_l2(jax.jit(_attention(stage, impl))(q, k, v, gates), want[0])}
+        else:
+            got = out_and_grads(_attention(stage, impl), q, k, v, gates)
+            row[what] = {key: _rel_l2(a, b) for key, a, b in zip(("o", "dq", "dk", "dv", "dgates"), got, want)}
     return row
 
 
@@ -195,31 +201,34 @@ def bench_selection(stage, iters: int, batch: int, schedules: dict[str, Selectio
     name, n, hq, hk, d, _, bs, top_k = stage
     sets = [_inputs(s, batch, n, hq, hk, d)[:3] for s in range(3)]
     sets = [(q, k, v, reference.select_blocks(q, k, bs, top_k)) for q, k, v in sets]
-    fwd = jax.jit(functools.partial(selection_forward, block_size=bs))
+    sel = flops.mosaic_flops(batch, n, hq, d, block_attn_size=1024, sparse_block_size=bs, top_k=top_k).selected
 
-    def bwd(q, k, v, idx):
-        o, lse = selection_forward(q, k, v, idx, block_size=bs)
+    def fwd_bwd(q, k, v, idx, config):
+        o, lse = selection_forward(q, k, v, idx, block_size=bs, config=config)
         do = o.astype(q.dtype)  # any cotangent of the right shape: cost is data-independent
         delta = jnp.einsum("bnhd,bnhd->bhn", o, do.astype(jnp.float32))
-        dq = selection_backward_dq(q, k, v, do, lse, delta, idx, block_size=bs)
-        dk, dv = selection_backward_dkv(q, k, v, do, lse, delta, idx, block_size=bs)
+        dq = selection_backward_dq(q, k, v, do, lse, delta, idx, block_size=bs, config=config)
+        dk, dv = selection_backward_dkv(q, k, v, do, lse, delta, idx, block_size=bs, config=config)
         return dq, dk, dv
 
-    t_fwd = time_fn(fwd, sets, iters)
-    t_fb = time_fn(jax.jit(bwd), sets, iters)
-    sel = flops.mosaic_flops(batch, n, hq, d, block_attn_size=1024, sparse_block_size=bs, top_k=top_k).selected
-    bwd_ms = best_ms(t_fb) - best_ms(t_fwd)  # the backward kernels + delta, without the forward
-    out = {"stage": name, "fwd": t_fwd, "fwd_bwd": t_fb, "fwd_tflops": tflops(sel, best_ms(t_fwd)),
-           "bwd_ms": bwd_ms, "bwd_tflops": tflops(flops.BWD_FACTOR * sel, bwd_ms)}
-    out["schedules"] = {}
-    for schedule, config in schedules.items():
-        t = time_fn(jax.jit(functools.partial(selection_forward, block_size=bs, config=config)), sets, iters)
-        out["schedules"][schedule] = {"fwd": t, "fwd_tflops": tflops(sel, best_ms(t))}
+    def timings(config: SelectionConfig, backward: bool) -> dict:
+        t_fwd = time_fn(jax.jit(functools.partial(selection_forward, block_size=bs, config=config)), sets, iters)
+        out = {"fwd": t_fwd, "fwd_tflops": tflops(sel, best_ms(t_fwd))}
+        if backward:
+            t_fb = time_fn(jax.jit(functools.partial(fwd_bwd, config=config)), sets, iters)
+            bwd_ms = best_ms(t_fb) - best_ms(t_fwd)  # the backward kernels + delta, without the forward
+            out |= {"fwd_bwd": t_fb, "bwd_ms": bwd_ms, "bwd_tflops": tflops(flops.BWD_FACTOR * sel, bwd_ms)}
+        return out
+
+    out = {"stage": name, **timings(SelectionConfig(), backward=True)}
+    # the schedules' forward; the overlap's backward too (its dq kernel differs)
+    out["schedules"] = {schedule: timings(config, backward=config.intra_warpgroup_overlap)
+                        for schedule, config in schedules.items()}
     return out
 
 
 def _attention(stage, impl: str):
-    """The whole Mosaic attention at a stage's block sizes ("pallas", a FORWARD_ONLY variant or "xla"),
+    """The whole Mosaic attention at a stage's block sizes ("pallas", a VARIANT_CONFIGS variant or "xla"),
     or DENSE attention over the same tokens."""
     if impl == DENSE:
         return lambda q, k, v, gates: jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
@@ -243,7 +252,7 @@ def _mosaic_fns(stage, impl: str):
     return fwd, fwd_bwd
 
 
-def bench_mosaic(stage, iters: int, batch: int, impls=("pallas", *FORWARD_ONLY, "xla", DENSE)) -> list[dict]:
+def bench_mosaic(stage, iters: int, batch: int, impls=("pallas", *VARIANT_CONFIGS, "xla", DENSE)) -> list[dict]:
     name, n, hq, hk, d, block, bs, top_k = stage
     sets = [_inputs(s, batch, n, hq, hk, d) for s in range(3)]
     fl = flops.mosaic_flops(batch, n, hq, d, block_attn_size=block, sparse_block_size=bs, top_k=top_k)
@@ -254,7 +263,7 @@ def bench_mosaic(stage, iters: int, batch: int, impls=("pallas", *FORWARD_ONLY, 
         passes = (("fwd", fwd, fl.forward), ("fwd_bwd", fwd_bwd, fl.forward_backward))
         if impl == DENSE:  # its own FLOPs, so the TFLOP/s columns compare rates; the targets are forward
             passes = (("fwd", fwd, flops.dense_flops(batch, n, hq, d)),)
-        # the forward-kernel variants share "pallas"'s backward kernels (differentiated, FUSED runs the branch kernels)
+        # FORWARD_ONLY variants share "pallas"'s backward kernels (differentiated, FUSED runs the branch kernels)
         for key, fn, fl_count in passes[:1] if impl in FORWARD_ONLY else passes:
             try:
                 t = time_fn(fn, sets, iters)
@@ -346,7 +355,7 @@ def forward_targets(rows: list[dict], stage: str) -> list[str]:
         return []
     lines = [f"Forward targets at {stage}:", ""]
     for impl, target in (("xla", 3), (DENSE, 20)):
-        for mine in ("pallas", *FORWARD_ONLY):
+        for mine in ("pallas", *VARIANT_CONFIGS):
             if impl in fwd and mine in fwd:
                 ratio = fwd[impl] / fwd[mine]
                 lines.append(f"- {impl} / {mine}: **{ratio:.1f}x** (target >= {target}x: "
@@ -386,6 +395,9 @@ def render(meta, mm, sel, mosaic, scaling, batch, checks=None) -> str:
         for schedule, t in sel.get("schedules", {}).items():
             out.append(f"| forward, {schedule} | {_fmt_ms(t['fwd'])} | {t['fwd_tflops']:.1f} | "
                        f"{100 * t['fwd_tflops'] / rate:.0f}% | >= 50% |")
+            if "bwd_ms" in t:
+                out.append(f"| backward, {schedule} | {t['bwd_ms']:.3f} | {t['bwd_tflops']:.1f} | "
+                           f"{100 * t['bwd_tflops'] / rate:.0f}% | >= 35% |")
         out.append("")
     if mosaic:
         out += ["### Whole Mosaic attention", "", "| stage | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |",

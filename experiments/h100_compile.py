@@ -129,15 +129,17 @@ def kernel_cases(stages, wgs_options) -> list[KernelCase]:
             for wgs in wgs_options:
                 cfg = SelectionConfig(num_compute_wgs=wgs)
                 # the forward kernels also on the other softmax schedules: the two compute warpgroups taking
-                # turns on the tensor cores, and each warpgroup's softmax under its own next wgmma
+                # turns on the tensor cores, and each warpgroup's softmax under its own next wgmma (which
+                # also puts the dq kernel's exponentials under its dP wgmma)
+                overlap = (", overlap", SelectionConfig(num_compute_wgs=wgs, intra_warpgroup_overlap=True))
                 forward_variants = [("", cfg)] + ([(", ping-pong", SelectionConfig(num_compute_wgs=wgs, pingpong=True))]
-                                                  if wgs == 2 else [])
-                forward_variants.append((", overlap", SelectionConfig(num_compute_wgs=wgs, intra_warpgroup_overlap=True)))
+                                                  if wgs == 2 else []) + [overlap]
                 kernels = [(f"forward{suffix}", lambda q, k, v, i, b=block, c=c: selection_forward(
                     q, k, v, i, block_size=b, config=c), (q, kv, kv, idx)) for suffix, c in forward_variants]
+                kernels += [(f"dq{suffix}", lambda q, k, v, do, l, de, i, b=block, c=c: selection_backward_dq(
+                    q, k, v, do, l, de, i, block_size=b, config=c), (q, kv, kv, q, lse, lse, idx))
+                    for suffix, c in [("", cfg), overlap]]
                 kernels += [
-                    ("dq", lambda q, k, v, do, l, de, i, b=block, c=cfg: selection_backward_dq(
-                        q, k, v, do, l, de, i, block_size=b, config=c), (q, kv, kv, q, lse, lse, idx)),
                     ("dk/dv", lambda q, k, v, do, l, de, i, b=block, c=cfg: selection_backward_dkv(
                         q, k, v, do, l, de, i, block_size=b, config=c), (q, kv, kv, q, lse, lse, idx)),
                 ]

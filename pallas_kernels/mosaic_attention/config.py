@@ -37,8 +37,9 @@ class SelectionConfig:
     intra_warpgroup_overlap: in the forward kernels, each compute warpgroup issues the next kv
       block's QK^T and this block's PV before its softmax, which then runs under them
       (FlashAttention-3's intra-warpgroup overlap); the other way to the same overlap, one that
-      needs no second warpgroup and costs a second P tile in SMEM. Off until an H100 timing
-      shows it faster; not combined with ``pingpong``.
+      needs no second warpgroup and costs a second P tile in SMEM. In the dq kernel, P's
+      exponentials run under the dP wgmma. Off until an H100 timing shows it faster; not
+      combined with ``pingpong``.
     """
 
     num_compute_wgs: int = 2

@@ -15,7 +15,8 @@ warpgroup that streams tiles through a TMA ring of ``max_concurrent_steps`` slot
   (``_softmax_loop``) runs on one of three schedules: wgmma then softmax in turn (default),
   the two compute warpgroups taking turns on the tensor cores (``pingpong``), or each
   warpgroup's softmax under its own next QK^T and PV (``intra_warpgroup_overlap``).
-* dq: same grid as the forward, recomputes P from lse, ``dq = scale * dS @ K``.
+* dq: same grid as the forward, recomputes P from lse, ``dq = scale * dS @ K``. With
+  ``intra_warpgroup_overlap`` P's exponentials run under the dP = dO V^T wgmma.
 * dk/dv: one CTA per (kv block, kv head); it walks the list of (query block, head) pairs
   that selected its block -- the inverse of the selection, built on device by a stable
   sort (``invert_selection``) -- so each dk/dv tile is owned by one CTA and summed in a
@@ -67,6 +68,28 @@ def _matmul(a_ref, b_ref, shape, while_running: Callable[[], None] | None = None
         return acc_ref[...]
 
     return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
+
+
+def _matmul_pair(first, second, under_second: Callable[[jax.Array], T],
+                 before_second: Callable[[], None] | None = None) -> tuple[T, jax.Array]:
+    """Two products on the tensor cores, each ``(a_ref, b_ref, out_shape)`` into a fresh float32
+    accumulator: issue ``first``, (``before_second``,) issue ``second``, wait for the first
+    alone (wgmma groups complete in order), run ``under_second`` on its result while the
+    second may still run, then wait for the second. Returns (under_second's result, second)."""
+
+    def with_first(acc1):
+        plgpu.wgmma(acc1, first[0], first[1])
+        if before_second is not None:
+            before_second()
+
+        def with_second(acc2):
+            plgpu.wgmma(acc2, second[0], second[1])
+            out = under_second(plgpu.wgmma_accumulator_load(acc1, wait_n=1))
+            return out, plgpu.wgmma_accumulator_load(acc2, wait_n=0)
+
+        return pl.run_scoped(with_second, plgpu.ACC(second[2], jnp.float32))
+
+    return pl.run_scoped(with_first, plgpu.ACC(first[2], jnp.float32))
 
 
 def _row_bcast(x: jax.Array, shape) -> jax.Array:
@@ -286,26 +309,20 @@ def _overlapped_softmax_loop(q_tile, p_pair, ring: _KvRing, *, steps: int, block
     def step(j, carry):
         acc, m, l = carry
         this, nxt = slot(j), slot(j + 1)
+
+        def softmax(s):  # block j+1's, while PV_j runs
+            plgpu.barrier_arrive(ring.k_free.at[nxt])
+            p, m_new, alpha, l_new = _softmax_update(s, m, l, scale_log2)
+            p_tile(j + 1)[...] = p.astype(dtype)
+            plgpu.commit_smem()
+            return m_new, alpha, l_new
+
         plgpu.barrier_wait(ring.k_bar.at[nxt])
-
-        def with_scores(s_acc):
-            plgpu.wgmma(s_acc, q_tile, ring.k.at[nxt].T)
-            plgpu.barrier_wait(ring.v_bar.at[this])
-
-            def with_pv(pv_acc):
-                plgpu.wgmma(pv_acc, p_tile(j), ring.v.at[this])
-                s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # QK^T done; PV_j may still run
-                plgpu.barrier_arrive(ring.k_free.at[nxt])
-                p, m_new, alpha, l_new = _softmax_update(s, m, l, scale_log2)
-                p_tile(j + 1)[...] = p.astype(dtype)
-                plgpu.commit_smem()
-                pv = plgpu.wgmma_accumulator_load(pv_acc, wait_n=0)
-                plgpu.barrier_arrive(ring.v_free.at[this])
-                return (acc + pv) * _row_bcast(alpha, acc.shape), m_new, l_new
-
-            return pl.run_scoped(with_pv, plgpu.ACC((BLOCK_Q, head_dim), jnp.float32))
-
-        return pl.run_scoped(with_scores, plgpu.ACC((BLOCK_Q, block_size), jnp.float32))
+        (m_new, alpha, l_new), pv = _matmul_pair(
+            (q_tile, ring.k.at[nxt].T, (BLOCK_Q, block_size)), (p_tile(j), ring.v.at[this], (BLOCK_Q, head_dim)),
+            softmax, before_second=lambda: plgpu.barrier_wait(ring.v_bar.at[this]))
+        plgpu.barrier_arrive(ring.v_free.at[this])
+        return (acc + pv) * _row_bcast(alpha, acc.shape), m_new, l_new
 
     def loop(start, stop):
         acc, m, l = _softmax_state(head_dim)
@@ -459,13 +476,20 @@ def selection_backward_dq(q, k, v, do, lse, delta, indices, *, block_size: int,
             delta = plgpu.load(delta_smem.at[wg], layout=plgpu.Layout.WGMMA.reduce(1))
             dq0 = plgpu.layout_cast(jnp.full((BLOCK_Q, d), 0.0, jnp.float32), plgpu.Layout.WGMMA)
 
+            def probabilities(s):
+                return jnp.exp2(s * (scale * LOG2E) - _row_bcast(lse, s.shape))
+
             def step(j, dq):
                 slot = lax.rem(j, jnp.int32(steps))
                 plgpu.barrier_wait(k_bar.at[slot])
-                s = _matmul(q_tile, k_smem.at[slot].T, (BLOCK_Q, bs))
-                p = jnp.exp2(s * (scale * LOG2E) - _row_bcast(lse, s.shape))
-                plgpu.barrier_wait(v_bar.at[slot])
-                dp = _matmul(do_tile, v_smem.at[slot].T, (BLOCK_Q, bs))
+                if config.intra_warpgroup_overlap:  # P's exponentials under the dP wgmma
+                    p, dp = _matmul_pair((q_tile, k_smem.at[slot].T, (BLOCK_Q, bs)),
+                                         (do_tile, v_smem.at[slot].T, (BLOCK_Q, bs)), probabilities,
+                                         before_second=lambda: plgpu.barrier_wait(v_bar.at[slot]))
+                else:
+                    p = probabilities(_matmul(q_tile, k_smem.at[slot].T, (BLOCK_Q, bs)))
+                    plgpu.barrier_wait(v_bar.at[slot])
+                    dp = _matmul(do_tile, v_smem.at[slot].T, (BLOCK_Q, bs))
                 plgpu.barrier_arrive(v_free.at[slot])
                 ds_tile[...] = (p * (dp - _row_bcast(delta, dp.shape))).astype(dtype)
                 plgpu.commit_smem()

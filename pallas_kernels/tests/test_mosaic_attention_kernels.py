@@ -73,12 +73,16 @@ SELECTION_CASES = [
 ]
 
 
-@pytest.mark.parametrize("b,n,hq,hk,d,bs,top_k,dtype", SELECTION_CASES)
-def test_selected_attention_values_and_gradients(b, n, hq, hk, d, bs, top_k, dtype):
+@pytest.mark.parametrize("b,n,hq,hk,d,bs,top_k,dtype,config",
+                         [pytest.param(*case, SelectionConfig(), id=f"case{i}") for i, case in enumerate(SELECTION_CASES)]
+                         # the forward's and dq's exponentials under their own wgmma: same values and gradients
+                         + [pytest.param(*SELECTION_CASES[1], SelectionConfig(intra_warpgroup_overlap=True),
+                                         id="case1-overlap")])
+def test_selected_attention_values_and_gradients(b, n, hq, hk, d, bs, top_k, dtype, config):
     q, k, v, _, cot = inputs(0, b, n, hq, hk, d, dtype)
     indices = random_selection(1, b, hk, n // bs, top_k)
     with interpret():
-        o, vjp = jax.vjp(lambda q, k, v: kernels.selected_attention(q, k, v, indices, bs), q, k, v)
+        o, vjp = jax.vjp(lambda q, k, v: kernels.selected_attention(q, k, v, indices, bs, config), q, k, v)
         grads = vjp(cot)
     o_ref, vjp_ref = jax.vjp(lambda q, k, v: reference.selected_attention(q, k, v, indices, bs),
                              f32(q), f32(k), f32(v))

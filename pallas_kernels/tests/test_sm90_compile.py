@@ -136,27 +136,30 @@ def _softmax_runs_under_its_own_wgmma(ptx: str) -> bool:
     if "wgmma.wait_group.sync.aligned 1;" not in ptx:
         return False
     wait_one = ptx.index("wgmma.wait_group.sync.aligned 1;")
-    issued = ptx[ptx.rindex("wgmma.wait_group", 0, wait_one):wait_one]
+    issued = ptx[max(ptx.rfind("wgmma.wait_group", 0, wait_one), 0):wait_one]  # since the last wait, if any
     under = ptx[wait_one:ptx.index("wgmma.wait_group.sync.aligned 0;", wait_one)]
     return issued.count("wgmma.commit_group") == 2 and "ex2.approx" in under
 
 
-def test_overlapped_forward_kernels_compile_for_sm90a_with_the_softmax_under_the_wgmma(monkeypatch):
-    """SelectionConfig(intra_warpgroup_overlap=True) at the stage-1 shape: the forward and fused
-    forward kernels compile (the forward without spills; the fused one, which also carries the
+def test_overlapped_kernels_compile_for_sm90a_with_the_softmax_under_the_wgmma(monkeypatch):
+    """SelectionConfig(intra_warpgroup_overlap=True) at the stage-1 shape: the forward, dq and
+    fused forward kernels compile (the forward without spills; the fused one, which also carries the
     local branch's state through the selected loop, spills 48 B, outside both kv loops in its
     SASS: attention.md), and in the
     PTX each kv step's softmax runs between the wait for its QK^T and the wait for the PV issued
-    after it. The default kernel has no such step."""
+    after it; the dq kernel (also without spills) computes P between the waits for QK^T and for
+    dP = dO V^T. The default kernel has no such step."""
     monkeypatch.setenv("MOSAIC_GPU_DUMP_PTX", "1")
     overlap = SelectionConfig(intra_warpgroup_overlap=True)
-    kernels = {"forward": _selection_kernels(STAGE1, STAGE1.sparse_block_size, STAGE1.top_k, overlap)["forward"],
+    selection = _selection_kernels(STAGE1, STAGE1.sparse_block_size, STAGE1.top_k, overlap)
+    kernels = {"forward": selection["forward"], "dq": selection["dq"],
                "fused forward": _fused_forward_kernel(STAGE1, overlap)}
     reports = {name: deviceless.compile_kernel(fn, *args) for name, (fn, args) in kernels.items()}
     for name, r in reports.items():
         assert 0 < r.smem_bytes <= SMEM_PER_BLOCK, (name, r.smem_bytes)
         assert _softmax_runs_under_its_own_wgmma(r.ptxas_log), name
     assert not reports["forward"].spills, reports["forward"].ptxas_log[-800:]
+    assert not reports["dq"].spills, reports["dq"].ptxas_log[-800:]
     assert reports["fused forward"].spill_store_bytes <= 64, reports["fused forward"].ptxas_log[-800:]
     plain_shape = AttentionShape("plain", 4096, 4, 1, 64, 1024, 128, 8)
     fn, args = _selection_kernels(plain_shape, 128, plain_shape.top_k, SelectionConfig())["forward"]
