@@ -258,6 +258,15 @@ def _softmax_update(s, m, l, scale_log2: float):
     return p, m_new, alpha, l
 
 
+def _scores(q_tile, ring: _KvRing, slot, block_size: int, while_running: Callable[[], None] | None = None):
+    """S = Q K^T against the kv block in ring ``slot``: waits for its K, releases it once read.
+    ``while_running`` as in ``_matmul``."""
+    plgpu.barrier_wait(ring.k_bar.at[slot])
+    s = _matmul(q_tile, ring.k.at[slot].T, (BLOCK_Q, block_size), while_running=while_running)
+    plgpu.barrier_arrive(ring.k_free.at[slot])
+    return s
+
+
 def _softmax_step(q_tile, p_tile, ring: _KvRing, *, steps: int, block_size: int, head_dim: int, scale_log2: float,
                   dtype, turn=None):
     """``step(j, (acc, m, l))``: one streamed kv block (ring slot j % steps) of the online softmax.
@@ -269,9 +278,7 @@ def _softmax_step(q_tile, p_tile, ring: _KvRing, *, steps: int, block_size: int,
     def step(j, carry):
         acc, m, l = carry
         slot = lax.rem(j, jnp.int32(steps))
-        plgpu.barrier_wait(ring.k_bar.at[slot])
-        s = _matmul(q_tile, ring.k.at[slot].T, (BLOCK_Q, block_size), while_running=qk_issued)
-        plgpu.barrier_arrive(ring.k_free.at[slot])
+        s = _scores(q_tile, ring, slot, block_size, while_running=qk_issued)
         p, m_new, alpha, l = _softmax_update(s, m, l, scale_log2)
         p_tile[...] = p.astype(dtype)
         plgpu.commit_smem()
@@ -326,10 +333,7 @@ def _overlapped_softmax_loop(q_tile, p_pair, ring: _KvRing, *, steps: int, block
 
     def loop(start, stop):
         acc, m, l = _softmax_state(head_dim)
-        first = slot(start)
-        plgpu.barrier_wait(ring.k_bar.at[first])
-        s = _matmul(q_tile, ring.k.at[first].T, (BLOCK_Q, block_size))
-        plgpu.barrier_arrive(ring.k_free.at[first])
+        s = _scores(q_tile, ring, slot(start), block_size)
         p, m, _, l = _softmax_update(s, m, l, scale_log2)  # acc is zero: nothing to rescale
         p_tile(start)[...] = p.astype(dtype)
         plgpu.commit_smem()
