@@ -143,12 +143,11 @@ def _softmax_runs_under_its_own_wgmma(ptx: str) -> bool:
 
 def test_overlapped_kernels_compile_for_sm90a_with_the_softmax_under_the_wgmma(monkeypatch):
     """SelectionConfig(intra_warpgroup_overlap=True) at the stage-1 shape: the forward, dq and
-    fused forward kernels compile (the forward without spills; the fused one, which also carries the
-    local branch's state through the selected loop, spills 48 B, outside both kv loops in its
-    SASS: attention.md), and in the
-    PTX each kv step's softmax runs between the wait for its QK^T and the wait for the PV issued
-    after it; the dq kernel (also without spills) computes P between the waits for QK^T and for
-    dP = dO V^T. The default kernel has no such step."""
+    fused forward kernels compile (the forward and dq without spills; the fused one, which also
+    carries the local branch's state through the selected loop, spills 48 B, outside both kv
+    loops in its SASS: attention.md). In the PTX each forward kv step's softmax runs between
+    the wait for its QK^T and the wait for the PV issued after it, and the dq kernel computes P
+    between the waits for QK^T and for dP = dO V^T. The default kernel has no such step."""
     monkeypatch.setenv("MOSAIC_GPU_DUMP_PTX", "1")
     overlap = SelectionConfig(intra_warpgroup_overlap=True)
     selection = _selection_kernels(STAGE1, STAGE1.sparse_block_size, STAGE1.top_k, overlap)
